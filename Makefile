@@ -1,0 +1,49 @@
+# patchsieve — the two commands the README promises: `make demo` and `make test`.
+# Both create/refresh the local virtualenv .venv pinned by the constraints file (torch included).
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := constraints/constraints-py311.txt
+STAMP := $(VENV)/.patchsieve-installed
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(CONSTRAINTS))
+PYTEST_ARGS ?=
+DEMO_DIR ?= demo-data
+DEMO_OUT ?= demo-output
+
+.PHONY: venv test test-all test-quick demo bench bench-large lint clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@echo "== creating/refreshing $(VENV) with $(PY) (pins: $(CONSTRAINTS))"
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) "torch==$(TORCH_VERSION)"
+	PIP_CONSTRAINT=$(abspath $(CONSTRAINTS)) $(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## make test: everything except the `slow` scale tests (CI runs this through .ci/run)
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## make test-all: including the slow scale tests
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make demo: generate the demo datasets and run the main job on them
+demo: $(STAMP)
+	$(BIN)/patchsieve demo --data $(DEMO_DIR) --output $(DEMO_OUT)
+
+## make bench: the in-memory and <= 4 GB benchmarks (CAREamics and peers in their own virtualenvs)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+## make bench-large: out-of-core benchmarks on one large cached volume
+bench-large: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --large
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_OUT) .pytest_cache

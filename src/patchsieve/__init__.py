@@ -1,37 +1,103 @@
 """patchsieve: CAREamics-compatible patch filtering and streaming patch sampling at volume scale.
 
-Public API is re-exported here; implementation lives in private or concept modules.
-``PatchDataset`` is served lazily so that ``import patchsieve`` does not import torch.
+The public API is re-exported here; the implementation lives in the concept modules
+(``volume``, ``grid``, ``filters``, ``regions``, ``sidecar``, ``compute``, ``sampling``,
+``dataset``...). Names are resolved lazily so that ``import patchsieve`` stays light and does not
+import torch, distributed or matplotlib.
+
+Examples
+--------
+>>> import patchsieve
+>>> patchsieve.ShannonPatchFilterConfig(threshold=7.5).threshold
+7.5
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from patchsieve._version import __version__
 from patchsieve.errors import (
     AxesError,
+    ClusterError,
     ConfigError,
     DataError,
     PatchsieveError,
+    PatchsieveWarning,
     SidecarError,
+    SidecarIncompleteError,
+    SidecarLockedError,
     SidecarMismatchError,
+    StorageError,
     VolumeError,
     VolumeNotFoundError,
 )
 
-__all__ = [
-    "AxesError",
-    "ConfigError",
-    "DataError",
-    "PatchsieveError",
-    "SidecarError",
-    "SidecarMismatchError",
-    "VolumeError",
-    "VolumeNotFoundError",
-    "__version__",
-]
+#: public name -> module that defines it (imported on first access)
+_LAZY = {
+    # CAREamics filter API
+    "MaxPatchFilter": "patchsieve.filters",
+    "MeanStdPatchFilter": "patchsieve.filters",
+    "ShannonPatchFilter": "patchsieve.filters",
+    "MaskPatchFilter": "patchsieve.filters",
+    "PatchFilter": "patchsieve.filters",
+    "create_patch_filter": "patchsieve.filters",
+    "MaxPatchFilterConfig": "patchsieve.config",
+    "MeanStdPatchFilterConfig": "patchsieve.config",
+    "ShannonPatchFilterConfig": "patchsieve.config",
+    "MaskPatchFilterConfig": "patchsieve.config",
+    "PatchFilterConfig": "patchsieve.config",
+    # volumes and geometry
+    "open_volume": "patchsieve.volume",
+    "open_pyramid": "patchsieve.volume",
+    "parse_axes": "patchsieve.volume",
+    "RegionGrid": "patchsieve.grid",
+    "normalize_patch_size": "patchsieve.grid",
+    "region_stats": "patchsieve.regions",
+    # side-car
+    "compute": "patchsieve.compute",
+    "open_sidecar": "patchsieve.sidecar",
+    "Sidecar": "patchsieve.sidecar",
+    # sampling / dataset
+    "StratifiedPatching": "patchsieve.sampling",
+    "PatchDataset": "patchsieve.dataset",
+    # demo data
+    "write_demo_data": "patchsieve.demo",
+    # pipelines
+    "PipelineConfig": "patchsieve.pipeline",
+    "run_pipeline": "patchsieve.pipeline",
+}
+
+__all__ = sorted(
+    [
+        "AxesError",
+        "ClusterError",
+        "ConfigError",
+        "DataError",
+        "PatchsieveError",
+        "PatchsieveWarning",
+        "SidecarError",
+        "SidecarIncompleteError",
+        "SidecarLockedError",
+        "SidecarMismatchError",
+        "StorageError",
+        "VolumeError",
+        "VolumeNotFoundError",
+        "__version__",
+        *_LAZY,
+    ]
+)
 
 
-def __getattr__(name: str) -> Any:  # lazy torch-dependent names
-    raise AttributeError(f"module 'patchsieve' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'patchsieve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,249 @@
+"""The ``patchsieve`` command line (typer). Commands only parse, set up logging and delegate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from patchsieve._version import __version__
+from patchsieve.errors import PatchsieveError
+
+app = typer.Typer(
+    name="patchsieve",
+    help="CAREamics-compatible patch filtering and patch sampling for huge microscopy volumes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+logger = logging.getLogger("patchsieve")
+
+FILTER_CHOICES = ("max", "mean_std", "meanstd", "shannon", "mask")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"patchsieve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Optional[bool] = typer.Option(  # noqa: UP007 - typer needs Optional
+        None, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+) -> None:
+    """patchsieve: score regions, persist a side-car, stream weighted patches."""
+    level = logging.WARNING if quiet else (logging.INFO if verbose == 1 else
+                                           logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("distributed", "werkzeug", "botocore", "aiobotocore", "s3fs", "fsspec"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _parse_patch(text: str) -> tuple[int, ...]:
+    from patchsieve.errors import ConfigError
+
+    try:
+        vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError as err:
+        raise ConfigError(
+            f"--patch must be comma-separated integers like 64,64 or 16,64,64; got {text!r}."
+        ) from err
+    return vals
+
+
+def _storage_options(text: str | None, endpoint: str | None) -> dict[str, Any] | None:
+    from patchsieve.errors import ConfigError
+
+    opts: dict[str, Any] = {}
+    if text:
+        try:
+            opts.update(json.loads(text))
+        except ValueError as err:
+            raise ConfigError("--storage-options must be a JSON object, e.g. "
+                              "'{\"anon\": true}'") from err
+    if endpoint:
+        opts["endpoint_url"] = endpoint
+    return opts or None
+
+
+def build_filter_config(kind: str, *, threshold: float | None, std_threshold: float | None,
+                        coverage: float | None, ref_channel: int, filtered_patch_prob: float,
+                        mask: str | None) -> Any:
+    """Build one filter config from CLI flags (shared by `compute`, `run` overrides)."""
+    from patchsieve.config import (
+        MaskPatchFilterConfig,
+        MaxPatchFilterConfig,
+        MeanStdPatchFilterConfig,
+        ShannonPatchFilterConfig,
+    )
+    from patchsieve.errors import ConfigError
+
+    kind = kind.lower().replace("-", "_")
+    common = {"ref_channel": ref_channel, "filtered_patch_prob": filtered_patch_prob}
+    if kind != "mask" and threshold is None:
+        raise ConfigError(f"--threshold is required for --filter {kind}. Fix: e.g. --threshold 7.5.")
+    if kind == "max":
+        return MaxPatchFilterConfig(threshold=threshold, coverage=coverage, **common)
+    if kind in ("mean_std", "meanstd"):
+        return MeanStdPatchFilterConfig(mean_threshold=threshold, std_threshold=std_threshold,
+                                        **common)
+    if kind == "shannon":
+        return ShannonPatchFilterConfig(threshold=threshold, **common)
+    if kind == "mask":
+        if mask is None:
+            raise ConfigError("--mask is required for --filter mask. Fix: --mask path/to/mask.zarr")
+        return MaskPatchFilterConfig(mask=mask, coverage=0.25 if coverage is None else coverage,
+                                     **common)
+    raise ConfigError(f"--filter must be one of {', '.join(FILTER_CHOICES)}; got {kind!r}.")
+
+
+@app.command()
+def compute(
+    source: str = typer.Argument(..., help="Volume: OME-Zarr/Zarr/TIFF path or fsspec URL."),
+    filter: list[str] = typer.Option(["shannon"], "--filter", "-f",  # noqa: A002
+                                     help="Filter: max, mean_std, shannon or mask (repeatable)."),
+    threshold: Optional[list[float]] = typer.Option(  # noqa: UP007
+        None, "--threshold", "-t", help="Threshold per --filter (mean threshold for mean_std)."),
+    std_threshold: Optional[float] = typer.Option(None, help="std threshold (mean_std)."),  # noqa: UP007
+    coverage: Optional[float] = typer.Option(None, help="Max/Mask coverage (default 0.5**ndim / 0.25)."),  # noqa: UP007
+    patch: str = typer.Option(..., "--patch", "-p", help="Patch size, e.g. 64,64 or 16,64,64."),
+    ref_channel: int = typer.Option(0, "--ref-channel", help="Reference channel index."),
+    filtered_patch_prob: float = typer.Option(0.1, help="Sampling weight of background regions."),
+    mask: Optional[str] = typer.Option(None, help="Mask Zarr/TIFF for --filter mask."),  # noqa: UP007
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Side-car location."),  # noqa: UP007
+    axes: Optional[str] = typer.Option(None, help="Axes for plain Zarr/TIFF, e.g. SYX."),  # noqa: UP007
+    level: int = typer.Option(0, help="OME-Zarr pyramid level to filter on."),
+    scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address tcp://HOST:PORT."),  # noqa: UP007
+    overwrite: bool = typer.Option(False, help="Replace a side-car made for other params/source."),
+    labels: bool = typer.Option(False, help="Also write full-resolution OME-Zarr labels."),
+    border: str = typer.Option("careamics", help="careamics (zero-padded) or valid."),
+    storage_options: Optional[str] = typer.Option(None, help="fsspec options as JSON."),  # noqa: UP007
+    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Run the filter pass and write the side-car (resumable; rerun to complete)."""
+    from patchsieve.compute import compute as run_compute
+
+    try:
+        thresholds = list(threshold or [])
+        configs: dict[str, Any] = {}
+        for i, kind in enumerate(filter):
+            thr = thresholds[i] if i < len(thresholds) else (thresholds[-1] if thresholds else None)
+            cfg = build_filter_config(kind, threshold=thr, std_threshold=std_threshold,
+                                      coverage=coverage, ref_channel=ref_channel,
+                                      filtered_patch_prob=filtered_patch_prob, mask=mask)
+            name = cfg.name if cfg.name not in configs else f"{cfg.name}-{i}"
+            configs[name] = cfg
+        sc = run_compute(source, configs, _parse_patch(patch), output, scheduler=scheduler,
+                         overwrite=overwrite, storage_options=_storage_options(storage_options,
+                                                                               endpoint_url),
+                         axes=axes, level=level, border=border, labels=labels,
+                         progress=progress and not json_out)
+    except PatchsieveError as err:
+        _fail(err)
+        return
+    _report_sidecar(sc, json_out)
+
+
+def _report_sidecar(sc: Any, json_out: bool) -> None:
+    summary = {"sidecar": sc.path, "source": sc.source, "complete": sc.is_complete,
+               "filters": {}}
+    for name in sc.filter_names:
+        fo = sc.filter_out(name)
+        tot = sc.sample_totals(name)
+        summary["filters"][name] = {
+            "regions": int(fo.size), "background": int(fo.sum()),
+            "background_fraction": float(fo.mean()) if fo.size else 0.0,
+            "patches_per_epoch": int(tot["n_patches_per_epoch"].sum()),
+        }
+    if json_out:
+        typer.echo(json.dumps(summary, indent=1))
+        return
+    typer.echo(f"side-car: {sc.path}")
+    for name, s in summary["filters"].items():
+        typer.echo(f"  {name}: {s['background']}/{s['regions']} regions background "
+                   f"({100 * s['background_fraction']:.1f} %), "
+                   f"{s['patches_per_epoch']} patches per epoch")
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Path = typer.Argument(..., help="Folder to write the demo datasets into."),
+    size: str = typer.Option("full", help="full or small."),
+) -> None:
+    """Write the deterministic synthetic demo datasets (OME-Zarr)."""
+    from patchsieve.demo import write_demo_data
+
+    try:
+        paths = write_demo_data(out, size=size)
+    except PatchsieveError as err:
+        _fail(err)
+        return
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+
+
+@app.command()
+def demo(
+    data: Path = typer.Option(Path("demo-data"), help="Where the demo datasets go."),
+    output: Path = typer.Option(Path("demo-output"), help="Where side-cars and plots go."),
+    size: str = typer.Option("full", help="full or small."),
+) -> None:
+    """Generate the demo data and run the main job on it (what `make demo` runs)."""
+    from patchsieve._demo_job import run_demo
+
+    try:
+        lines = run_demo(data, output, size=size)
+    except PatchsieveError as err:
+        _fail(err)
+        return
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command()
+def run(
+    spec: Path = typer.Argument(..., help="Pipeline spec (YAML), e.g. pipelines/seed-tutorial.yaml."),
+    set_: Optional[list[str]] = typer.Option(  # noqa: UP007
+        None, "--set", help="Override a spec value: key.path=value (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the spec; run nothing."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Run a YAML pipeline spec (validated; see pipelines/)."""
+    from patchsieve.pipeline import run_pipeline
+
+    try:
+        result = run_pipeline(spec, overrides=set_ or [], dry_run=dry_run)
+    except PatchsieveError as err:
+        _fail(err)
+        return
+    if json_out:
+        typer.echo(json.dumps(result, indent=1, default=str))
+    else:
+        for key, value in result.items():
+            typer.echo(f"{key}: {value}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

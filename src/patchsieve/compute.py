@@ -1,0 +1,955 @@
+"""The filter pass: volume -> region statistics -> decisions & weights -> side-car (resumable).
+
+One call, :func:`compute`, streams the volume through Dask, evaluates one or more filter configs on
+the reference channel and writes everything a sampler needs to a Zarr side-car (see
+:mod:`patchsieve.sidecar` for the layout).
+
+How it stays out-of-core and resumable
+--------------------------------------
+* The graph is built once from :func:`patchsieve.regions.region_stats` (region statistics, one value
+  per region, read chunk by chunk with a one-patch halo) and from per-cell partial sums of every
+  channel (normalisation statistics). Each output block is tiny (one value per 2**ndim patches).
+* Only blocks whose progress marker is unset are computed: the graph is culled to the keys of the
+  missing blocks, so a restarted run reads only the data those blocks need.
+* Workers never write to the side-car: results come back to the client, which writes them and then
+  sets the block's marker (zarr's local store writes atomically; object stores PUT atomically). A
+  run killed at any point leaves markers only for blocks whose values are on disk.
+* Decisions, weights, totals, normalisation and labels are derived from the stored statistics; the
+  root ``complete`` flag is set last.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+
+from patchsieve import sidecar as _sc
+from patchsieve._version import __version__
+from patchsieve.errors import (
+    ConfigError,
+    SidecarIncompleteError,
+    SidecarMismatchError,
+    StorageError,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["compute", "default_output", "update_decisions"]
+
+SAMPLE_DIMS = ("s", "t")
+SPATIAL_DIMS = ("z", "y", "x")
+#: number of chunks sampled (seeded) for the per-channel percentiles
+PERCENTILE_CHUNKS = 16
+PERCENTILE_VALUES_PER_CHUNK = 65536
+PERCENTILES = (0.1, 99.9)
+
+
+# ------------------------------------------------------------------------------ locations
+def _source_stem(url: str) -> str:
+    name = url.rstrip("/").split("/")[-1] or "volume"
+    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or "volume"
+    return name
+
+
+def _cache_root() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "patchsieve")
+
+
+def default_output(
+    source_url: str,
+    source_fingerprint: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Default side-car location.
+
+    ``<source name>.patchsieve.zarr`` beside the source when that location is writable (local or
+    object storage), else ``$XDG_CACHE_HOME/patchsieve/<fingerprint>/<source name>.patchsieve.zarr``
+    (``~/.cache`` when XDG_CACHE_HOME is unset). In-memory sources (numpy/dask) always use the cache.
+    Never inside the source store.
+    """
+    stem = _source_stem(source_url)
+    cached = os.path.join(_cache_root(), source_fingerprint[:16], stem + _sc.SUFFIX)
+    if source_url.startswith("<"):
+        return cached
+    parent = source_url.rstrip("/").rsplit("/", 1)[0] if "/" in source_url.rstrip("/") else "."
+    beside = f"{parent}/{stem}{_sc.SUFFIX}"
+    try:
+        _sc._require_writable(beside, storage_options)
+    except StorageError:
+        logger.info("source location not writable; side-car goes to the cache: %s", cached)
+        return cached
+    return beside
+
+
+def _check_not_inside(output: str, source_url: str) -> None:
+    out = output.rstrip("/")
+    src = source_url.rstrip("/")
+    if src.startswith("<"):
+        return
+    if not _sc.is_remote(out):
+        out = os.path.abspath(_sc._local_path(out))
+    if not _sc.is_remote(src):
+        src = os.path.abspath(_sc._local_path(src))
+    if out == src or out.startswith(src + "/"):
+        raise ConfigError(
+            f"output {output!r} is inside the source store {source_url!r}; patchsieve never writes "
+            "into a source. Fix: choose an output beside it (the default is "
+            "<source name>.patchsieve.zarr next to the source)."
+        )
+
+
+# ------------------------------------------------------------------------------ fingerprints
+def source_fingerprint(volume: Any, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Fingerprint of a source: metadata plus checksums of a few raw (encoded) chunks.
+
+    For Zarr sources: array metadata document, shape, chunks, dtype and the sha256 of up to 8 raw
+    chunks spread over the array (first, last, evenly between). A change to other chunks that keeps
+    the metadata is not detected (documented limitation). For in-memory arrays: shape, dtype and a
+    hash of a strided sample of the data.
+    """
+    import hashlib
+
+    attrs = dict(volume.attrs)
+    head = {
+        "url": attrs.get("source"),
+        "array_path": attrs.get("array_path", ""),
+        "dims": list(volume.dims),
+        "shape": list(volume.shape),
+        "dtype": str(volume.dtype),
+    }
+    h = hashlib.sha256(_sc.canonical_hash(head).encode())
+    url = str(attrs.get("source", "<numpy>"))
+    fmt = str(attrs.get("format", ""))
+    if url.startswith("<") or fmt == "tiff":
+        data = volume.data
+        flat_idx = tuple(slice(None, None, max(1, n // 16)) for n in volume.shape)
+        sample = np.ascontiguousarray(np.asarray(data[flat_idx]))
+        h.update(sample.tobytes())
+        if fmt == "tiff" and not url.startswith("<"):
+            try:
+                st = os.stat(_sc._local_path(url))
+                h.update(f"{st.st_size}".encode())
+            except OSError:
+                pass
+        return h.hexdigest()[:32]
+    from patchsieve.volume import open_zarr_array
+
+    arr = open_zarr_array(url, attrs.get("array_path", ""), storage_options=storage_options)
+    meta = arr.metadata.to_dict()
+    h.update(_sc.canonical_hash(meta).encode())
+    grid = [math.ceil(n / c) for n, c in zip(arr.shape, arr.chunks)]
+    total = int(np.prod(grid))
+    picks = sorted({0, total - 1, *(int(i) for i in np.linspace(0, total - 1, 8))}) if total else []
+    store = arr.store_path.store
+    prefix = arr.store_path.path
+    for flat in picks:
+        coords = tuple(int(c) for c in np.unravel_index(flat, grid))
+        key = arr.metadata.encode_chunk_key(coords)
+        full = f"{prefix}/{key}" if prefix else key
+        raw = _sc._sync_get(store, full)
+        h.update(full.encode())
+        h.update(hashlib.sha256(raw).digest() if raw is not None else b"<missing>")
+    return h.hexdigest()[:32]
+
+
+# ------------------------------------------------------------------------------ geometry
+def _geometry(volume: Any, patch_size: Any, ref_channel: int) -> dict[str, Any]:
+    from patchsieve.grid import normalize_patch_size
+
+    dims = tuple(volume.dims)
+    spatial = tuple(d for d in SPATIAL_DIMS if d in dims)
+    sample_dims = tuple(d for d in SAMPLE_DIMS if d in dims)
+    ps = normalize_patch_size(patch_size, spatial)
+    sizes = dict(volume.sizes)
+    n_channels = int(sizes.get("c", 1))
+    if "c" not in dims and ref_channel != 0:
+        raise ConfigError(
+            f"ref_channel={ref_channel} but the volume has no channel axis (dims {dims}). "
+            "Fix: use ref_channel=0, or open the volume with its channel axis (axes='C...')."
+        )
+    if ref_channel < 0 or ref_channel >= n_channels:
+        raise ConfigError(
+            f"ref_channel={ref_channel} is out of range for a volume with {n_channels} channel(s). "
+            f"Fix: choose 0..{n_channels - 1}."
+        )
+    for d in spatial:
+        if ps[d] > sizes[d]:
+            raise ConfigError(
+                f"patch_size[{d!r}]={ps[d]} is larger than the volume's {d} size {sizes[d]}. "
+                "Fix: use a smaller patch size."
+            )
+    grid_shape = [(sizes[d] + 1) // ps[d] for d in spatial]
+    cell_shape = [math.ceil(sizes[d] / ps[d]) for d in spatial]
+    return {
+        "dims": list(dims),
+        "sample_dims": list(sample_dims),
+        "sample_shape": [int(sizes[d]) for d in sample_dims],
+        "spatial_dims": list(spatial),
+        "spatial_shape": [int(sizes[d]) for d in spatial],
+        "patch_size": {d: int(ps[d]) for d in spatial},
+        "grid_shape": grid_shape,
+        "cell_shape": cell_shape,
+        "n_channels": n_channels,
+        "ref_channel": int(ref_channel),
+    }
+
+
+def _configs_by_name(filters: Any) -> dict[str, Any]:
+    from pydantic import TypeAdapter
+
+    from patchsieve.config import PatchFilterConfig
+
+    if filters is None:
+        raise ConfigError("filters is empty. Fix: pass at least one filter config, e.g. "
+                          "ShannonPatchFilterConfig(threshold=7.5).")
+    if isinstance(filters, Mapping) and "name" not in filters:
+        items = list(filters.items())
+    else:
+        seq = [filters] if not isinstance(filters, Sequence) or isinstance(filters, Mapping) \
+            else list(filters)
+        items = []
+        for cfg in seq:
+            cfg = TypeAdapter(PatchFilterConfig).validate_python(cfg)
+            items.append((cfg.name, cfg))
+    out: dict[str, Any] = {}
+    for name, cfg in items:
+        cfg = TypeAdapter(PatchFilterConfig).validate_python(cfg)
+        if name in out:
+            raise ConfigError(
+                f"two filters share the name {name!r}. Fix: pass a mapping {{name: config}} with "
+                "distinct names, e.g. {'shannon-7.5': ..., 'shannon-8': ...}."
+            )
+        out[name] = cfg
+    if not out:
+        raise ConfigError("filters is empty. Fix: pass at least one filter config.")
+    refs = {int(c.ref_channel) for c in out.values() if c.name != "mask"}
+    if len(refs) > 1:
+        raise ConfigError(
+            f"filters use different ref_channel values {sorted(refs)}; one side-car has one "
+            "reference channel. Fix: use the same ref_channel, or compute two side-cars."
+        )
+    return out
+
+
+def _config_json(cfg: Any) -> dict[str, Any]:
+    return cfg.model_dump(mode="json", exclude={"mask"}) if cfg.name == "mask" else \
+        cfg.model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------------ the graph
+def _cell_partials(block: np.ndarray, ps: Sequence[int], n_spatial: int) -> np.ndarray:
+    """Per-cell (sum, sumsq) over the trailing ``n_spatial`` axes of a cell-aligned block.
+
+    Returns float64 of shape (2, *leading, *cells).
+    """
+    x = np.asarray(block, dtype=np.float64)
+    lead = x.shape[: x.ndim - n_spatial]
+    sp = x.shape[x.ndim - n_spatial :]
+    cells = [math.ceil(n / p) for n, p in zip(sp, ps)]
+    pad = [(0, 0)] * len(lead) + [(0, c * p - n) for c, p, n in zip(cells, ps, sp)]
+    if any(p[1] for p in pad):
+        x = np.pad(x, pad)
+    shape = list(lead)
+    for c, p in zip(cells, ps):
+        shape += [c, p]
+    x = x.reshape(shape)
+    axes = tuple(len(lead) + 2 * i + 1 for i in range(n_spatial))
+    return np.stack([x.sum(axis=axes), (x * x).sum(axis=axes)])
+
+
+def _percentile_sample(block: np.ndarray, seed: int, n: int, channel_axis: int | None) -> np.ndarray:
+    """A seeded subsample of a block's values, shape (n_channels, k)."""
+    x = np.asarray(block)
+    if channel_axis is None:
+        x = x[None]
+    else:
+        x = np.moveaxis(x, channel_axis, 0)
+    x = x.reshape(x.shape[0], -1)
+    rng = np.random.default_rng(seed)
+    if x.shape[1] > n:
+        idx = rng.choice(x.shape[1], size=n, replace=False)
+        x = x[:, idx]
+    return x.astype(np.float64)
+
+
+class _Plan:
+    """What to compute: region-stat blocks, cell blocks and percentile chunks, with their keys."""
+
+    def __init__(self, volume: Any, geom: Mapping[str, Any], stats: Sequence[str],
+                 configs: Mapping[str, Any], border: str, seed: int,
+                 storage_options: Mapping[str, Any] | None):
+        import dask.array as da
+
+        from patchsieve.regions import region_stats
+
+        self.geom = geom
+        self.stats = list(stats)
+        mask = None
+        mask_cfgs = [c for c in configs.values() if c.name == "mask"]
+        if mask_cfgs:
+            mask = _open_mask(mask_cfgs[0], volume, storage_options)
+        ds = region_stats(volume, geom["patch_size"], self.stats,
+                          ref_channel=geom["ref_channel"], mask=mask, border=border)
+        arrays = []
+        for s in self.stats:
+            a = ds[s]
+            order = [d for d in (*geom["sample_dims"], *[f"region_{d}" for d in geom["spatial_dims"]])]
+            a = a.transpose(*order).data.astype(np.float64)
+            arrays.append(a)
+        # regular chunks (the side-car's zarr chunks): rechunk to the first chunk size per axis
+        chunks0 = tuple(c[0] for c in arrays[0].chunks)
+        arrays = [a.rechunk(chunks0) for a in arrays]
+        self.stat_chunks = chunks0
+        self.stat_blocks = da.map_blocks(
+            _pack_blocks, *arrays, dtype=object, chunks=tuple((1,) * len(c) for c in arrays[0].chunks),
+            meta=np.empty((0,) * arrays[0].ndim, dtype=object),
+        )
+        self.stat_numblocks = arrays[0].numblocks
+        # per-cell partial sums of all channels, over a cell-aligned rechunk of the volume
+        data = volume.data
+        dims = list(volume.dims)
+        ps = [geom["patch_size"][d] for d in geom["spatial_dims"]]
+        target = []
+        for d, c in zip(dims, data.chunks):
+            if d in geom["spatial_dims"]:
+                p = geom["patch_size"][d]
+                target.append(max(p, (c[0] // p) * p))
+            elif d == "c":
+                target.append(-1)
+            else:
+                target.append(c[0])
+        self.cell_input = data.rechunk(tuple(target))
+        # move c to the front so partials have (2, c?, *sample, *cells)
+        self.dims = dims
+        n_sp = len(geom["spatial_dims"])
+        self.cell_blocks = da.map_blocks(
+            _cell_block, self.cell_input, ps=tuple(ps), n_spatial=n_sp,
+            dtype=object, chunks=tuple((1,) * len(c) for c in self.cell_input.chunks),
+            meta=np.empty((0,) * self.cell_input.ndim, dtype=object),
+        )
+        self.cell_numblocks = self.cell_input.numblocks
+        cell_chunks = []
+        for d, c in zip(dims, self.cell_input.chunks):
+            if d in geom["spatial_dims"]:
+                cell_chunks.append(c[0] // geom["patch_size"][d])
+            elif d != "c":
+                cell_chunks.append(c[0])
+        self.cell_chunks = tuple(cell_chunks)
+        # percentile sample: seeded choice of source chunks
+        nb = data.numblocks
+        total = int(np.prod(nb))
+        rng = np.random.default_rng(seed)
+        k = min(PERCENTILE_CHUNKS, total)
+        picks = sorted(int(i) for i in rng.choice(total, size=k, replace=False))
+        c_axis = dims.index("c") if "c" in dims else None
+        self.pct_blocks = []
+        for j, flat in enumerate(picks):
+            idx = tuple(int(i) for i in np.unravel_index(flat, nb))
+            blk = data.blocks[idx]
+            self.pct_blocks.append(
+                blk.map_blocks(_percentile_sample_block, seed=seed + j,
+                               n=PERCENTILE_VALUES_PER_CHUNK, channel_axis=c_axis,
+                               dtype=object, chunks=(1,) * blk.ndim,
+                               meta=np.empty((0,) * blk.ndim, dtype=object))
+            )
+        self.pct_picks = picks
+
+
+def _pack_blocks(*blocks: np.ndarray) -> np.ndarray:
+    out = np.empty((1,) * blocks[0].ndim, dtype=object)
+    out.flat[0] = tuple(np.asarray(b, dtype=np.float64) for b in blocks)
+    return out
+
+
+def _cell_block(block: np.ndarray, ps: tuple[int, ...], n_spatial: int) -> np.ndarray:
+    out = np.empty((1,) * block.ndim, dtype=object)
+    out.flat[0] = _cell_partials(block, ps, n_spatial)
+    return out
+
+
+def _percentile_sample_block(block: np.ndarray, seed: int, n: int,
+                             channel_axis: int | None) -> np.ndarray:
+    out = np.empty((1,) * block.ndim, dtype=object)
+    out.flat[0] = _percentile_sample(block, seed, n, channel_axis)
+    return out
+
+
+def _open_mask(cfg: Any, volume: Any, storage_options: Mapping[str, Any] | None) -> Any:
+    """The mask of a MaskPatchFilterConfig as a DataArray matching the volume minus 'c'."""
+    import dask.array as da
+    import xarray as xr
+
+    from patchsieve.volume import open_volume
+
+    mask = cfg.mask
+    dims = [d for d in volume.dims if d != "c"]
+    shape = tuple(volume.sizes[d] for d in dims)
+    if mask is None:
+        raise ConfigError("MaskPatchFilterConfig.mask is not set. Fix: pass mask=<array or path>.")
+    if isinstance(mask, xr.DataArray):
+        m = mask
+    elif isinstance(mask, (str, os.PathLike)):
+        m = open_volume(str(mask), axes="".join(dims).upper() if len(dims) else None,
+                        storage_options=storage_options)
+    else:
+        arr = mask if isinstance(mask, da.Array) else np.asarray(mask)
+        m = xr.DataArray(arr if isinstance(arr, da.Array) else da.from_array(arr),
+                         dims=dims[-arr.ndim:] if arr.ndim <= len(dims) else None)
+    if tuple(m.shape) != shape:
+        raise ConfigError(
+            f"mask shape {tuple(m.shape)} does not match the volume's shape without channels "
+            f"{shape} (dims {dims}). Fix: pass a mask of the same shape as the data."
+        )
+    return m
+
+
+# ------------------------------------------------------------------------------ writing
+class _Writer:
+    """Client-side writer of the side-car: arrays, markers, attrs."""
+
+    def __init__(self, path: str, storage_options: Mapping[str, Any] | None):
+        self.path = path
+        self.store = _sc.open_store(path, storage_options=storage_options, read_only=False)
+        self.group: zarr.Group | None = None
+
+    def open(self, mode: str) -> zarr.Group:
+        self.group = zarr.open_group(self.store, mode=mode, zarr_format=3)
+        return self.group
+
+    def meta(self) -> dict[str, Any]:
+        assert self.group is not None
+        return dict(self.group.attrs.asdict().get("patchsieve", {}))
+
+    def set_meta(self, meta: Mapping[str, Any]) -> None:
+        assert self.group is not None
+        m = dict(meta)
+        m["updated"] = _sc._now()
+        self.group.attrs.update({"patchsieve": m})
+
+    def array(self, key: str, shape: Sequence[int], chunks: Sequence[int], dtype: str,
+              fill_value: Any = 0) -> zarr.Array:
+        assert self.group is not None
+        try:
+            arr = self.group[key]
+            if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == tuple(chunks):
+                return arr
+        except KeyError:
+            pass
+        return self.group.create_array(
+            key, shape=tuple(int(s) for s in shape),
+            chunks=tuple(max(1, int(c)) for c in chunks), dtype=dtype, fill_value=fill_value,
+            overwrite=True, config={"write_empty_chunks": True},
+        )
+
+
+def _block_slices(idx: Sequence[int], chunks: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, chunks, shape))
+
+
+def _run_blocks(client: Any, collection: Any, todo: list[tuple[int, ...]],
+                on_result: Callable[[tuple[int, ...], Any], None], progress: Any,
+                label: str) -> None:
+    """Compute the culled graph for block indices ``todo`` of ``collection`` on ``client``."""
+    from distributed import as_completed
+
+    if not todo:
+        return
+    name = collection.name
+    keys = [(name, *idx) for idx in todo]
+    graph = collection.__dask_graph__()
+    culled = graph.cull(set(keys))
+    futures = client.get(dict(culled), keys, sync=False)
+    by_key = {f.key: k for f, k in zip(futures, todo)}
+    task = progress.add_task(label, total=len(todo)) if progress is not None else None
+    with client.as_current():
+        for fut in as_completed(futures):
+            result = fut.result()
+            on_result(by_key[fut.key], result.flat[0])
+            fut.release()
+            if progress is not None:
+                progress.advance(task)
+
+
+def compute(
+    source: Any,
+    filters: Any,
+    patch_size: Any,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    client: Any = None,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    output_storage_options: Mapping[str, Any] | None = None,
+    axes: str | None = None,
+    level: int = 0,
+    border: str = "careamics",
+    labels: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> _sc.Sidecar:
+    """Run the filter pass and write (or complete) a side-car.
+
+    Parameters
+    ----------
+    source : str, path, numpy/dask array or xarray.DataArray
+        The volume (see :func:`patchsieve.open_volume`).
+    filters : config, sequence of configs, or mapping {name: config}
+        ``*PatchFilterConfig`` objects (or dicts). Names default to the config's ``name``.
+    patch_size : sequence or mapping
+        Patch size per spatial dim (CAREamics order, e.g. ``(64, 64)`` or ``(16, 64, 64)``).
+    output : str or path, optional
+        Side-car location; default see :func:`default_output`.
+    client, scheduler : optional
+        An existing ``distributed.Client`` or a scheduler address; default a LocalCluster.
+    overwrite : bool
+        Replace a side-car made for another source or other parameters.
+    storage_options, output_storage_options : mapping, optional
+        fsspec options for the source and for the side-car (default: the source's). Never stored.
+    axes, level : optional
+        Passed to :func:`patchsieve.open_volume`.
+    border : {"careamics", "valid"}
+        "careamics" zero-pads edge regions exactly as CAREamics does; "valid" uses in-image pixels.
+    labels : bool
+        Also write a full-resolution OME-Zarr label image per filter (large).
+    seed : int
+        Seed of the chunk sample for percentiles.
+    progress : bool
+        Show a progress bar (rich).
+
+    Returns
+    -------
+    Sidecar
+        The completed side-car.
+    """
+    from patchsieve.cluster import get_client
+    from patchsieve.regions import stat_names
+    from patchsieve.volume import open_volume
+
+    configs = _configs_by_name(filters)
+    volume = source if _is_dataarray(source) else open_volume(
+        source, axes=axes, level=level, storage_options=storage_options)
+    ref = next((int(c.ref_channel) for c in configs.values() if c.name != "mask"), 0)
+    geom = _geometry(volume, patch_size, ref)
+    ndim = len(geom["spatial_dims"])
+    stats = sorted({s for c in configs.values() for s in stat_names(c, ndim)})
+    src_url = str(volume.attrs.get("source", "<numpy>"))
+    src_fp = source_fingerprint(volume, storage_options)
+    out_opts = output_storage_options if output_storage_options is not None else storage_options
+    if output is None:
+        output = default_output(src_url, src_fp, storage_options=out_opts)
+    output = str(output)
+    _check_not_inside(output, src_url)
+    _sc._require_writable(output, out_opts)
+    params = {"geometry": {k: geom[k] for k in ("patch_size", "ref_channel")}, "border": border,
+              "level": int(volume.attrs.get("level", level)),
+              "array_path": volume.attrs.get("array_path", "")}
+    params_fp = _sc.canonical_hash(params)
+    writer = _Writer(output, out_opts)
+    lock = _sc.SidecarLock(writer.store)
+    lock.acquire()
+    try:
+        meta = _prepare(writer, volume, geom, configs, stats, src_fp, params_fp, border, seed,
+                        overwrite)
+        with get_client(scheduler, client) as cl:
+            _fill(writer, cl, volume, geom, configs, meta, border, seed, storage_options,
+                  progress, lock)
+        _finalize(writer, volume, geom, configs, labels)
+    finally:
+        lock.release()
+    return _sc.open_sidecar(output, storage_options=out_opts)
+
+
+def _is_dataarray(x: Any) -> bool:
+    try:
+        import xarray as xr
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, xr.DataArray)
+
+
+def _prepare(writer: _Writer, volume: Any, geom: Mapping[str, Any], configs: Mapping[str, Any],
+             stats: Sequence[str], src_fp: str, params_fp: str, border: str, seed: int,
+             overwrite: bool) -> dict[str, Any]:
+    """Create the side-car or validate an existing one; return its metadata."""
+    existing: dict[str, Any] = {}
+    try:
+        writer.open("r+")
+        existing = writer.meta()
+    except (FileNotFoundError, KeyError, ValueError):
+        existing = {}
+    if existing and existing.get("format") != _sc.FORMAT_NAME:
+        if not overwrite:
+            raise SidecarMismatchError(
+                f"output {writer.path!r} exists and is not a patchsieve side-car. Fix: choose "
+                "another output, or pass overwrite=True / --overwrite to replace it."
+            )
+        existing = {}
+    if existing:
+        problems = []
+        if int(existing.get("format_version", -1)) != _sc.FORMAT_VERSION:
+            problems.append(f"format_version {existing.get('format_version')} != {_sc.FORMAT_VERSION}")
+        fp = existing.get("fingerprint", {})
+        if fp.get("source") != src_fp:
+            problems.append("the source changed (fingerprint mismatch) or is another source")
+        if fp.get("params") != params_fp:
+            problems.append("other parameters (patch size, ref_channel, border, level)")
+        if problems:
+            if not overwrite:
+                raise SidecarMismatchError(
+                    f"side-car {writer.path!r} was made for {'; '.join(problems)}. Fix: pass "
+                    "overwrite=True / --overwrite to recompute it, or choose another output."
+                )
+            existing = {}
+    if not existing:
+        writer.open("w")
+        existing = {
+            "format": _sc.FORMAT_NAME,
+            "format_version": _sc.FORMAT_VERSION,
+            "patchsieve_version": __version__,
+            "created": _sc._now(),
+            "source": {
+                "url": str(volume.attrs.get("source", "<numpy>")),
+                "array_path": str(volume.attrs.get("array_path", "")),
+                "level": int(volume.attrs.get("level", 0)),
+                "format": str(volume.attrs.get("format", "")),
+                "dims": list(volume.dims),
+                "shape": [int(n) for n in volume.shape],
+                "chunks": [int(c[0]) for c in volume.data.chunks],
+                "dtype": str(volume.dtype),
+                "scale": _jsonable(volume.attrs.get("scale", {})),
+                "translation": _jsonable(volume.attrs.get("translation", {})),
+            },
+            "fingerprint": {"source": src_fp, "params": params_fp},
+            "geometry": {**geom, "border": border},
+            "filters": {},
+            "stats": [],
+            "status": {},
+            "complete": False,
+            "seed": int(seed),
+        }
+    existing["filters"] = {**existing.get("filters", {}),
+                           **{n: _config_json(c) for n, c in configs.items()}}
+    existing["stats"] = sorted(set(existing.get("stats", [])) | set(stats))
+    existing["complete"] = False
+    writer.set_meta(existing)
+    return existing
+
+
+def _jsonable(x: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(x)
+        return x
+    except TypeError:
+        return json.loads(json.dumps(x, default=str))
+
+
+def _fill(writer: _Writer, client: Any, volume: Any, geom: Mapping[str, Any],
+          configs: Mapping[str, Any], meta: dict[str, Any], border: str, seed: int,
+          storage_options: Mapping[str, Any] | None, progress: bool, lock: _sc.SidecarLock) -> None:
+    """Compute the missing region-stat blocks, cell blocks and the percentile sample."""
+    stats = list(meta["stats"])
+    status = dict(meta.get("status", {}))
+    todo_stats = [s for s in stats if status.get(f"stats/{s}") != "complete"]
+    need_cells = status.get("cells") != "complete"
+    if not todo_stats and not need_cells and status.get("percentiles") == "complete":
+        return
+    plan = _Plan(volume, geom, todo_stats or stats[:1], configs, border, seed, storage_options)
+    region_shape = [*geom["sample_shape"], *geom["grid_shape"]]
+    bar = _progress_bar(progress)
+    with bar as p:
+        if todo_stats:
+            arrays = {s: writer.array(f"stats/{s}", region_shape, plan.stat_chunks, "float64",
+                                      fill_value=np.nan) for s in todo_stats}
+            # marker per block per stat-set (one marker array keyed by the stat set)
+            mkey = "progress/stats_" + _sc.canonical_hash(sorted(todo_stats))[:8]
+            marker = writer.array(mkey, plan.stat_numblocks, [max(1, n) for n in plan.stat_numblocks],
+                                  "uint8")
+            done = np.asarray(marker[...])
+            todo = [tuple(int(i) for i in idx) for idx in np.argwhere(done == 0)]
+            logger.info("region statistics %s: %d of %d blocks to compute", todo_stats, len(todo),
+                        done.size)
+            pending: dict[tuple[int, ...], tuple[np.ndarray, ...]] = {}
+
+            def on_stat(idx: tuple[int, ...], values: tuple[np.ndarray, ...]) -> None:
+                sl = _block_slices(idx, plan.stat_chunks, region_shape)
+                for s, v in zip(todo_stats, values):
+                    arrays[s][sl] = v
+                pending[idx] = values
+                if len(pending) >= 64:
+                    _flush_markers(marker, done, pending, lock)
+
+            _run_blocks(client, plan.stat_blocks, todo, on_stat, p,
+                        "region statistics")
+            _flush_markers(marker, done, pending, lock)
+            for s in todo_stats:
+                status[f"stats/{s}"] = "complete"
+            meta["status"] = status
+            writer.set_meta(meta)
+        if need_cells:
+            _fill_cells(writer, client, plan, geom, p, lock)
+            status["cells"] = "complete"
+            meta["status"] = status
+            writer.set_meta(meta)
+        if status.get("percentiles") != "complete":
+            samples: list[np.ndarray] = []
+            if plan.pct_blocks:
+                _run_blocks(client, _stack_object_blocks(plan.pct_blocks),
+                            [(i,) for i in range(len(plan.pct_blocks))],
+                            lambda idx, v: samples.append(v), p, "percentile sample")
+            allv = np.concatenate(samples, axis=1) if samples else np.zeros((geom["n_channels"], 0))
+            pct = {f"p{q:g}": [float(np.percentile(c, q)) if c.size else float("nan") for c in allv]
+                   for q in PERCENTILES}
+            meta["percentiles"] = {**pct, "n_sampled_chunks": len(plan.pct_blocks),
+                                   "values_per_chunk": PERCENTILE_VALUES_PER_CHUNK,
+                                   "sampled_chunks": plan.pct_picks, "seed": int(seed)}
+            status["percentiles"] = "complete"
+            meta["status"] = status
+            writer.set_meta(meta)
+
+
+def _stack_object_blocks(blocks: list[Any]) -> Any:
+    import dask.array as da
+
+    flat = [b.reshape((1,)) for b in blocks]
+    return da.concatenate(flat, axis=0)
+
+
+def _flush_markers(marker: zarr.Array, done: np.ndarray, pending: dict[tuple[int, ...], Any],
+                   lock: _sc.SidecarLock) -> None:
+    if not pending:
+        return
+    for idx in pending:
+        done[idx] = 1
+    marker[...] = done
+    pending.clear()
+    lock.heartbeat()
+
+
+def _fill_cells(writer: _Writer, client: Any, plan: _Plan, geom: Mapping[str, Any], p: Any,
+                lock: _sc.SidecarLock) -> None:
+    n_c = geom["n_channels"]
+    cshape = [n_c, *geom["sample_shape"], *geom["cell_shape"]]
+    cchunks = [n_c, *plan.cell_chunks]
+    arr_sum = writer.array("cells/sum", cshape, cchunks, "float64")
+    arr_sq = writer.array("cells/sumsq", cshape, cchunks, "float64")
+    marker = writer.array("progress/cells", plan.cell_numblocks,
+                          [max(1, n) for n in plan.cell_numblocks], "uint8")
+    done = np.asarray(marker[...])
+    todo = [tuple(int(i) for i in idx) for idx in np.argwhere(done == 0)]
+    dims = plan.dims
+    c_axis = dims.index("c") if "c" in dims else None
+    pending: dict[tuple[int, ...], Any] = {}
+
+    def on_cell(idx: tuple[int, ...], partial: np.ndarray) -> None:
+        # partial: (2, *block dims incl. c, *cells)
+        if c_axis is None:
+            partial = partial[:, None]
+        else:
+            partial = np.moveaxis(partial, 1 + c_axis, 1)
+        idx_wo_c = [i for d, i in zip(dims, idx) if d != "c"]
+        sl = (slice(None),) + _block_slices(idx_wo_c, plan.cell_chunks, cshape[1:])
+        arr_sum[sl] = partial[0]
+        arr_sq[sl] = partial[1]
+        pending[idx] = True
+        if len(pending) >= 64:
+            _flush_markers(marker, done, pending, lock)
+
+    _run_blocks(client, plan.cell_blocks, todo, on_cell, p,
+                "normalisation partials")
+    _flush_markers(marker, done, pending, lock)
+
+
+class _NullBar:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _progress_bar(enabled: bool) -> Any:
+    if not enabled:
+        return _NullBar()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
+
+
+# ------------------------------------------------------------------------------ finalize
+def _cover_cells(keep: np.ndarray, cell_shape: Sequence[int]) -> np.ndarray:
+    """Cell-level OR of the regions covering each cell (region g covers cells g and g+1)."""
+    n_sp = len(cell_shape)
+    lead = keep.shape[: keep.ndim - n_sp]
+    out = np.zeros((*lead, *cell_shape), dtype=bool)
+    import itertools
+
+    for offs in itertools.product((0, 1), repeat=n_sp):
+        src = keep
+        sl = [slice(None)] * len(lead)
+        for o, g, c in zip(offs, keep.shape[len(lead):], cell_shape):
+            n = min(g, c - o)
+            sl.append(slice(o, o + n))
+        part = tuple(slice(None) for _ in lead) + tuple(slice(0, s.stop - s.start) for s in sl[len(lead):])
+        out[tuple(sl)] |= src[part]
+    return out
+
+
+def _normalization(writer: _Writer, geom: Mapping[str, Any], keep_cells: np.ndarray | None,
+                   meta: Mapping[str, Any]) -> dict[str, Any]:
+    g = writer.group
+    assert g is not None
+    s = np.asarray(g["cells/sum"][...])
+    q = np.asarray(g["cells/sumsq"][...])
+    counts = _cell_counts(geom)
+    n_c = s.shape[0]
+    n_lead = len(geom["sample_shape"])
+    cnt = np.broadcast_to(counts, s.shape[1:])
+    out: dict[str, Any] = {}
+
+    def mean_std(sel: np.ndarray | None) -> tuple[list[float], list[float], int]:
+        means, stds = [], []
+        n = float(cnt.sum() if sel is None else cnt[sel].sum())
+        for c in range(n_c):
+            ss = s[c].sum() if sel is None else s[c][sel].sum()
+            qq = q[c].sum() if sel is None else q[c][sel].sum()
+            m = ss / n if n else float("nan")
+            var = max(qq / n - m * m, 0.0) if n else float("nan")
+            means.append(float(m))
+            stds.append(float(math.sqrt(var)) if n else float("nan"))
+        return means, stds, int(n)
+
+    out["mean"], out["std"], out["n_pixels"] = mean_std(None)
+    _ = n_lead
+    if keep_cells is not None:
+        out["kept_mean"], out["kept_std"], out["kept_n_pixels"] = mean_std(keep_cells)
+    pct = meta.get("percentiles", {})
+    out.update(pct)
+    return out
+
+
+def _cell_counts(geom: Mapping[str, Any]) -> np.ndarray:
+    """Number of in-image pixels per cell, shape cell_shape."""
+    per_axis = []
+    for n, p in zip(geom["spatial_shape"], geom["patch_size"].values()):
+        c = math.ceil(n / p)
+        a = np.full(c, p, dtype=np.float64)
+        a[-1] = n - (c - 1) * p
+        per_axis.append(a)
+    out = per_axis[0]
+    for a in per_axis[1:]:
+        out = np.multiply.outer(out, a)
+    return out
+
+
+def _finalize(writer: _Writer, volume: Any, geom: Mapping[str, Any], configs: Mapping[str, Any],
+              labels: bool) -> None:
+    meta = writer.meta()
+    meta = update_decisions(writer, geom, configs, meta)
+    if labels:
+        from patchsieve._labels import write_labels
+
+        g = writer.group
+        assert g is not None
+        for name in configs:
+            fo = np.asarray(g[f"decisions/{name}/filter_out"][...], dtype=bool)
+            write_labels(g, name, volume, geom, _cover_cells(~fo, geom["cell_shape"]))
+        meta["status"]["labels"] = "complete"
+        meta["labels"] = sorted(configs)
+    meta["complete"] = True
+    writer.set_meta(meta)
+
+
+def epoch_patches(weights: np.ndarray, spatial_shape: Sequence[int],
+                  patch_size: Sequence[int]) -> np.ndarray:
+    """Patches per sample per epoch, exactly as CAREamics 0.3.5 ``StratifiedPatching``.
+
+    ``total = prod(shape / patch)`` (float64), then ``total -= 1 - p`` for every region with a
+    relative probability ``p`` set, sequentially in grid order, and ``ceil``. The sequential
+    float subtraction is reproduced with ``np.subtract.accumulate`` (not a pairwise sum), so
+    the ceil lands where CAREamics' does.
+
+    Parameters
+    ----------
+    weights : ndarray, (n_samples, *grid_shape)
+        Relative region probabilities (1 = untouched).
+    spatial_shape, patch_size : sequence of int
+        Image and patch size per spatial dim.
+    """
+    total = float(np.prod(np.array(spatial_shape) / np.array(patch_size)))
+    flat = weights.reshape(weights.shape[0], -1)
+    out = np.empty(flat.shape[0], dtype=np.int64)
+    for i, row in enumerate(flat):
+        dec = 1.0 - row[row != 1.0]
+        acc = np.subtract.accumulate(np.concatenate([[total], dec]))[-1] if dec.size else total
+        out[i] = int(np.ceil(acc))
+    return out
+
+
+def update_decisions(writer: _Writer, geom: Mapping[str, Any], configs: Mapping[str, Any],
+                     meta: dict[str, Any]) -> dict[str, Any]:
+    """(Re)compute decisions, weights, totals and normalisation from the stored statistics."""
+    from patchsieve.regions import decide, stat_names
+
+    g = writer.group
+    assert g is not None
+    ndim = len(geom["spatial_dims"])
+    region_shape = [*geom["sample_shape"], *geom["grid_shape"]]
+    n_s = len(geom["sample_shape"])
+    norm_by_filter: dict[str, Any] = {}
+    for name, cfg in configs.items():
+        needed = stat_names(cfg, ndim)
+        missing = [s for s in needed if meta["status"].get(f"stats/{s}") != "complete"]
+        if missing:
+            raise SidecarIncompleteError(
+                f"statistics {missing} for filter {name!r} are not complete in {writer.path!r}. "
+                "Fix: rerun compute on the same output.")
+        values = {s: np.asarray(g[f"stats/{s}"][...]) for s in needed}
+        fo = np.asarray(decide(cfg, values), dtype=bool).reshape(region_shape)
+        p = float(cfg.filtered_patch_prob)
+        w = np.where(fo, p, 1.0)
+        chunks = g[f"stats/{needed[0]}"].chunks
+        writer.array(f"decisions/{name}/filter_out", region_shape, chunks, "bool")[...] = fo
+        writer.array(f"decisions/{name}/weight", region_shape, chunks, "float64")[...] = w
+        axes = tuple(range(n_s, n_s + ndim))
+        n_regions = np.full(geom["sample_shape"], int(np.prod(geom["grid_shape"])), dtype=np.int64)
+        n_bg = fo.sum(axis=axes).astype(np.int64)
+        wsum = w.sum(axis=axes)
+        n_patches = epoch_patches(w.reshape((-1, *geom["grid_shape"])),
+                                  geom["spatial_shape"],
+                                  [geom["patch_size"][d] for d in geom["spatial_dims"]],
+                                  ).reshape(geom["sample_shape"] or ())
+        sshape = geom["sample_shape"] or []
+        for key, val, dt in (("n_regions", n_regions, "int64"), ("n_background", n_bg, "int64"),
+                             ("weight_sum", wsum, "float64"),
+                             ("n_patches_per_epoch", n_patches, "int64")):
+            a = writer.array(f"decisions/{name}/{key}", sshape or [1], sshape or [1], dt)
+            a[...] = np.asarray(val).reshape(sshape or [1])
+        if "cells/sum" in g:
+            keep_cells = _cover_cells(~fo, geom["cell_shape"])
+            norm_by_filter[name] = _normalization(writer, geom, keep_cells, meta)
+        meta["status"][f"decisions/{name}"] = "complete"
+    if "cells/sum" in g:
+        base = _normalization(writer, geom, None, meta)
+        base["kept"] = {n: {k: v for k, v in d.items() if k.startswith("kept_")}
+                        for n, d in norm_by_filter.items()}
+        if len(norm_by_filter) == 1:
+            only = next(iter(norm_by_filter.values()))
+            base.update({k: v for k, v in only.items() if k.startswith("kept_")})
+        meta["normalization"] = base
+    meta["timing"] = {"finalized_at": time.time()}
+    return meta

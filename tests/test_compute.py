@@ -1,0 +1,268 @@
+"""The filter pass (patchsieve.compute) and the side-car it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from patchsieve.errors import (
+    ConfigError,
+    SidecarIncompleteError,
+    SidecarLockedError,
+    SidecarMismatchError,
+    StorageError,
+)
+
+REF = Path(__file__).resolve().parents[1].parent / "shared" / "careamics_reference"
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cl, Client(cl, set_as_default=False) as c:
+        yield c
+
+
+def write_zarr(path, data, dims, chunks):
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype,
+                            dimension_names=dims, overwrite=True)
+    arr[...] = data
+    return str(path)
+
+
+def _cfg_from_case(d):
+    from patchsieve.config import (
+        MaskPatchFilterConfig,
+        MaxPatchFilterConfig,
+        MeanStdPatchFilterConfig,
+        ShannonPatchFilterConfig,
+    )
+
+    f = str(d["filter"])
+    ref = int(d["ref_channel"])
+    if f == "max":
+        return MaxPatchFilterConfig(threshold=float(d["threshold"]), coverage=float(d["coverage"]),
+                                    ref_channel=ref)
+    if f == "mean_std":
+        st = float(d["std_threshold"])
+        return MeanStdPatchFilterConfig(mean_threshold=float(d["mean_threshold"]),
+                                        std_threshold=None if st < 0 else st, ref_channel=ref)
+    if f == "shannon":
+        return ShannonPatchFilterConfig(threshold=float(d["threshold"]), ref_channel=ref)
+    if f == "mask":
+        return MaskPatchFilterConfig(coverage=float(d["coverage"]))
+    raise AssertionError(f)
+
+
+CASES = ["max_2dnd_cov0.25", "meanstd_2d", "shannon_2du16", "max_3d_cov0.125", "meanonly_3dnd",
+         "shannon_mc_ref1", "mask_2dnd", "mask_3d"]
+
+
+@pytest.mark.careamics
+@pytest.mark.parametrize("case", CASES)
+def test_sidecar_decisions_equal_careamics(tmp_path, client, case):
+    if not REF.is_dir():
+        pytest.skip(f"CAREamics reference vectors not found at {REF}")
+    from patchsieve import compute
+
+    d = np.load(REF / f"{case}.npz")
+    inputs = np.load(REF / "inputs.npz")
+    data = inputs[str(d["input_key"])]
+    axes = str(d["axes"]).lower()
+    ps = tuple(int(p) for p in d["patch_size"])
+    chunks = tuple(max(1, n // 2 + 3) if dim in "zyx" else 1 for n, dim in zip(data.shape, axes))
+    src = write_zarr(tmp_path / "src.zarr", data, tuple(axes), chunks)
+    cfg = _cfg_from_case(d)
+    if cfg.name == "mask":
+        mask = inputs[str(d["mask_key"])].astype(np.uint8)
+        mpath = write_zarr(tmp_path / "mask.zarr", mask, tuple(axes), chunks)
+        cfg = cfg.model_copy(update={"mask": mpath})
+    sc = compute(src, {"f": cfg}, ps, tmp_path / "out.patchsieve.zarr", client=client)
+    assert sc.is_complete
+    expected = d["region_filter_out"]
+    got = sc.filter_out("f").reshape(expected.shape)
+    np.testing.assert_array_equal(got, expected)
+    w = sc.weights("f").reshape(expected.shape)
+    np.testing.assert_allclose(w, d["region_prob_after_filter_background"])
+    tot = sc.sample_totals("f")
+    assert int(tot["n_patches_per_epoch"].sum()) == int(d["n_patches_after"])
+
+
+@pytest.fixture()
+def stack(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.poisson(5, size=(4, 150, 200)).astype(np.uint16)
+    data[:, 40:100, 60:160] += rng.poisson(300, size=(4, 60, 100)).astype(np.uint16)
+    return write_zarr(tmp_path / "stack.zarr", data, ("s", "y", "x"), (1, 64, 100)), data
+
+
+def _shannon(thr=3.0):
+    from patchsieve.config import ShannonPatchFilterConfig
+
+    return ShannonPatchFilterConfig(threshold=thr)
+
+
+def test_attrs_geometry_and_normalization(tmp_path, client, stack):
+    from patchsieve import compute, open_sidecar
+
+    src, data = stack
+    out = tmp_path / "o.patchsieve.zarr"
+    compute(src, _shannon(), (32, 32), out, client=client)
+    sc = open_sidecar(out)
+    assert sc.dims == ("s", "y", "x")
+    assert sc.sample_shape == (4,) and sc.n_samples == 4
+    assert sc.grid_shape == ((150 + 1) // 32, (200 + 1) // 32)
+    assert sc.filter_out("shannon").shape == (4, *sc.grid_shape)
+    norm = sc.normalization()
+    np.testing.assert_allclose(norm["mean"][0], data.mean(), rtol=1e-9)
+    np.testing.assert_allclose(norm["std"][0], data.std(), rtol=1e-9)
+    assert norm["p99.9"][0] >= norm["p0.1"][0]
+    assert "kept_mean" in norm and norm["kept_mean"][0] > norm["mean"][0]
+    attrs = json.dumps(sc.attrs)
+    assert sc.attrs["complete"] is True and "secret" not in attrs
+
+
+def test_threshold_change_reuses_stats(tmp_path, client, stack, caplog):
+    from patchsieve import compute
+
+    src, _ = stack
+    out = tmp_path / "o.patchsieve.zarr"
+    a = compute(src, _shannon(1.0), (32, 32), out, client=client)
+    before = {k: v.copy() for k, v in a.stats.items()}
+    n_bg_a = int(a.filter_out("shannon").sum())
+    caplog.set_level("INFO", logger="patchsieve.compute")
+    b = compute(src, _shannon(8.0), (32, 32), out, client=client)
+    assert not any("blocks to compute" in r.message for r in caplog.records)
+    for k, v in b.stats.items():
+        np.testing.assert_array_equal(v, before[k])
+    assert int(b.filter_out("shannon").sum()) > n_bg_a
+
+
+def test_mismatch_and_overwrite(tmp_path, client, stack):
+    from patchsieve import compute
+
+    src, data = stack
+    out = tmp_path / "o.patchsieve.zarr"
+    compute(src, _shannon(), (32, 32), out, client=client)
+    with pytest.raises(SidecarMismatchError, match="other parameters"):
+        compute(src, _shannon(), (64, 64), out, client=client)
+    z = zarr.open_array(src, mode="r+")
+    z[0, :64, :100] = 7  # first chunk is in the fingerprint sample
+    with pytest.raises(SidecarMismatchError, match="source changed"):
+        compute(src, _shannon(), (32, 32), out, client=client)
+    sc = compute(src, _shannon(), (32, 32), out, client=client, overwrite=True)
+    assert sc.is_complete
+
+
+def test_output_inside_source_refused(tmp_path, client, stack):
+    from patchsieve import compute
+
+    src, _ = stack
+    with pytest.raises(ConfigError, match="inside the source"):
+        compute(src, _shannon(), (32, 32), os.path.join(src, "side.zarr"), client=client)
+
+
+def test_read_only_output_refused(tmp_path, client, stack):
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from patchsieve import compute
+
+    class DenyWrites(MemoryFileSystem):
+        protocol = "denywrite"
+
+        def _open(self, path, mode="rb", **kw):
+            if "r" not in mode:
+                raise PermissionError("Access Denied")
+            return super()._open(path, mode=mode, **kw)
+
+        def pipe_file(self, path, value, **kw):
+            raise PermissionError("Access Denied")
+
+    fsspec.register_implementation("denywrite", DenyWrites, clobber=True)
+    src, _ = stack
+    with pytest.raises(StorageError, match="not writable"):
+        compute(src, _shannon(), (32, 32), "denywrite://bucket/out.patchsieve.zarr", client=client)
+
+
+def test_reader_refuses_incomplete(tmp_path, client, stack):
+    from patchsieve import compute, open_sidecar
+
+    src, _ = stack
+    out = tmp_path / "o.patchsieve.zarr"
+    compute(src, _shannon(), (32, 32), out, client=client)
+    g = zarr.open_group(str(out), mode="r+")
+    meta = g.attrs["patchsieve"]
+    meta["complete"] = False
+    g.attrs["patchsieve"] = meta
+    with pytest.raises(SidecarIncompleteError, match="not complete"):
+        open_sidecar(out)
+    assert open_sidecar(out, allow_incomplete=True).is_complete is False
+
+
+def test_lock_refuses_live_owner_and_takes_stale(tmp_path, client, stack):
+    import socket
+
+    from patchsieve import compute
+
+    src, _ = stack
+    out = tmp_path / "o.patchsieve.zarr"
+    out.mkdir()
+    lock = {"host": socket.gethostname(), "pid": os.getpid(), "token": "other", "heartbeat": 1e18,
+            "started": "now"}
+    (out / "patchsieve.lock").write_text(json.dumps(lock))
+    with pytest.raises(SidecarLockedError, match="locked by another running compute"):
+        compute(src, _shannon(), (32, 32), out, client=client)
+    lock["pid"] = 2**22 + 12345  # no such process
+    (out / "patchsieve.lock").write_text(json.dumps(lock))
+    sc = compute(src, _shannon(), (32, 32), out, client=client)
+    assert sc.is_complete and not (out / "patchsieve.lock").exists()
+
+
+def test_ref_channel_of_single_channel_volume(tmp_path, client, stack):
+    from patchsieve import compute
+    from patchsieve.config import ShannonPatchFilterConfig
+
+    src, _ = stack
+    with pytest.raises(ConfigError, match="ref_channel"):
+        compute(src, ShannonPatchFilterConfig(threshold=3, ref_channel=1), (32, 32),
+                tmp_path / "o.zarr", client=client)
+
+
+def test_labels_readable_by_ome_zarr(tmp_path, client, stack):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    from patchsieve import compute
+
+    src, data = stack
+    out = tmp_path / "o.patchsieve.zarr"
+    sc = compute(src, _shannon(), (32, 32), out, client=client, labels=True)
+    nodes = list(Reader(parse_url(str(out / "labels" / "shannon")))())
+    assert nodes, "ome_zarr reader found no label image"
+    lvl0 = np.asarray(nodes[0].data[0])
+    assert lvl0.shape == data.shape
+    fo = sc.filter_out("shannon")
+    # a pixel is signal iff one of the regions covering it is kept
+    s, gy, gx = 0, 1, 1
+    if not fo[s, gy, gx]:
+        assert lvl0[s, gy * 32: gy * 32 + 64, gx * 32: gx * 32 + 64].all()
+    assert set(np.unique(lvl0)) <= {0, 1}
+
+
+def test_default_output_beside_source(tmp_path, client, stack):
+    from patchsieve import compute
+
+    src, _ = stack
+    sc = compute(src, _shannon(), (32, 32), client=client)
+    assert sc.path.endswith("stack.patchsieve.zarr")
+    assert Path(sc.path).parent == Path(src).parent

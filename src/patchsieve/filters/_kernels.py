@@ -1,0 +1,353 @@
+"""Numpy kernels: per-region statistics of the CAREamics region grid, computed from cells.
+
+A *slab* is an array ``(L, *spatial)`` (``L`` flattened sample dims) whose first pixel is
+the origin of its first region. It holds ``n`` regions per axis; region ``g`` covers pixels
+``[g*p, g*p + 2p)``. Pixels beyond the slab are outside the image: zero (CAREamics,
+``border="careamics"``) or ignored (``border="valid"``). The slab is cut into *cells* of
+``patch_size``; region ``g`` is the union of the ``2**ndim`` cells ``g + o``, ``o`` in
+``{0, 1}**ndim``. Each statistic is reduced per cell once and the cells are combined, so no
+pixel is read ``2**ndim`` times (except by the Max-coverage and float entropy kernels, which
+need every pixel of every region).
+
+All kernels take float32 data (CAREamics casts to float32) that has been validated (finite,
+non-empty); they return float64 arrays ``(L, *n)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+Border = Literal["careamics", "valid"]
+
+# Entropy via per-cell histograms when cells * value range stays below this many bins.
+_HIST_MAX_BINS = 1 << 24
+
+
+def coverage_rank(coverage: float, n: int) -> int:
+    """Smallest ``k`` in ``1..n`` with ``k / n >= coverage`` (CAREamics' float comparison)."""
+    k = min(max(1, math.ceil(coverage * n)), n)
+    while k > 1 and (k - 1) / n >= coverage:
+        k -= 1
+    while k < n and k / n < coverage:
+        k += 1
+    return k
+
+
+def padded_cells(
+    slab: NDArray[np.floating], patch_size: Sequence[int], n: Sequence[int], fill: float
+) -> NDArray[np.floating]:
+    """Pad or crop ``slab`` (L, *spatial) to ``(n+1)*p`` per axis with ``fill``."""
+    target = tuple((ni + 1) * p for ni, p in zip(n, patch_size))
+    if slab.shape[1:] == target:
+        return slab
+    out = np.full((slab.shape[0], *target), fill, dtype=slab.dtype)
+    sl = tuple(slice(0, min(s, t)) for s, t in zip(slab.shape[1:], target))
+    out[(slice(None), *sl)] = slab[(slice(None), *sl)]
+    return out
+
+
+def _cell_view(padded: NDArray[np.generic], patch_size: Sequence[int]) -> NDArray[np.generic]:
+    """View ``(L, *spatial)`` as ``(L, c0, p0, c1, p1[, c2, p2])``."""
+    shape: list[int] = [padded.shape[0]]
+    for s, p in zip(padded.shape[1:], patch_size):
+        shape += [s // p, p]
+    return padded.reshape(shape)
+
+
+def _combine_cells(
+    cells: NDArray[np.generic], ufunc: np.ufunc = np.add, nd: int | None = None
+) -> NDArray[np.generic]:
+    """Combine each pair of neighbouring cells along axes ``1..nd`` of ``(L, *cells, ...)``."""
+    out = cells
+    for ax in range(1, (cells.ndim - 1 if nd is None else nd) + 1):
+        lo = [slice(None)] * out.ndim
+        hi = [slice(None)] * out.ndim
+        lo[ax] = slice(0, -1)
+        hi[ax] = slice(1, None)
+        out = ufunc(out[tuple(lo)], out[tuple(hi)])
+    return out
+
+
+def valid_counts(
+    slab_shape: Sequence[int], patch_size: Sequence[int], n: Sequence[int]
+) -> NDArray[np.float64]:
+    """In-image pixel count of each region of a slab, shape ``n``."""
+    out = np.ones((), dtype=np.float64)
+    for s, p, ni in zip(slab_shape, patch_size, n):
+        start = np.arange(ni) * p
+        out = np.multiply.outer(out, np.minimum(start + 2 * p, s) - start)
+    return out
+
+
+def _region_size(patch_size: Sequence[int]) -> int:
+    return int(np.prod([2 * p for p in patch_size]))
+
+
+def _counts(
+    slab: NDArray[np.floating], patch_size: Sequence[int], n: Sequence[int], border: Border
+) -> NDArray[np.float64] | float:
+    if border == "careamics":
+        return float(_region_size(patch_size))
+    return valid_counts(slab.shape[1:], patch_size, n)
+
+
+def region_mean_std(
+    slab: NDArray[np.floating],
+    patch_size: Sequence[int],
+    n: Sequence[int],
+    border: Border = "careamics",
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and (population) std of every region, from per-cell shifted sums in float64."""
+    shift = float(slab.mean(dtype=np.float64)) if slab.size else 0.0
+    fill = 0.0 if border == "careamics" else shift
+    x = padded_cells(slab, patch_size, n, fill).astype(np.float64)
+    x -= shift
+    red_axes = tuple(range(2, 2 * len(patch_size) + 1, 2))
+    cv = _cell_view(x, patch_size)
+    s1 = _combine_cells(cv.sum(axis=red_axes))
+    np.square(x, out=x)
+    s2 = _combine_cells(_cell_view(x, patch_size).sum(axis=red_axes))
+    cnt = _counts(slab, patch_size, n, border)
+    m = s1 / cnt
+    var = np.maximum(s2 / cnt - m * m, 0.0)
+    return m + shift, np.sqrt(var)
+
+
+def region_count_nonzero(
+    slab: NDArray[np.generic],
+    patch_size: Sequence[int],
+    n: Sequence[int],
+    border: Border = "careamics",
+) -> NDArray[np.float64]:
+    """Fraction of non-zero pixels of every region (CAREamics' mask coverage)."""
+    nz = padded_cells(slab != 0, patch_size, n, False)
+    red_axes = tuple(range(2, 2 * len(patch_size) + 1, 2))
+    c = _cell_view(nz, patch_size).sum(axis=red_axes, dtype=np.int64)
+    return _combine_cells(c).astype(np.float64) / _counts(slab, patch_size, n, border)
+
+
+def region_max(
+    slab: NDArray[np.floating], patch_size: Sequence[int], n: Sequence[int]
+) -> NDArray[np.float64]:
+    """Plain maximum of every region (zero padding included)."""
+    x = padded_cells(slab, patch_size, n, 0.0)
+    red_axes = tuple(range(2, 2 * len(patch_size) + 1, 2))
+    return _combine_cells(_cell_view(x, patch_size).max(axis=red_axes), np.maximum).astype(
+        np.float64
+    )
+
+
+# --------------------------------------------------------------------------- Max coverage
+def _clipped_max_profiles(x: NDArray[np.floating], axis: int, p: int) -> NDArray[np.floating]:
+    """Per region along ``axis``: the size-``p`` max filter clipped to the ``2p`` region.
+
+    ``x`` has ``(n+1)*p`` entries along ``axis``; the result replaces that axis by two axes
+    ``(n, 2p)``. The window of local pixel ``i`` is ``[i - p//2, i - p//2 + p - 1]``
+    (scipy's centring), clipped to the region; this equals scipy's ``maximum_filter`` in
+    ``reflect`` mode on the region, because a reflected window only repeats values already
+    inside it. Prefix/suffix maxima per cell (van Herk / Gil-Werman) give every window.
+    """
+    h = p // 2
+    shp = x.shape
+    c = shp[axis] // p
+    xv = x.reshape(shp[:axis] + (c, p) + shp[axis + 1:])
+    a = axis + 1  # within-cell axis
+    pre = np.maximum.accumulate(xv, axis=a)
+    suf = np.flip(np.maximum.accumulate(np.flip(xv, axis=a), axis=a), axis=a)
+
+    def take(arr: NDArray[np.floating], cells: slice, idx: slice) -> NDArray[np.floating]:
+        sl = [slice(None)] * arr.ndim
+        sl[axis] = cells
+        sl[a] = idx
+        return arr[tuple(sl)]
+
+    g, g1 = slice(0, c - 1), slice(1, c)
+    parts = [take(pre, g, slice(p - h - 1, p - 1))]  # i in [0, h)
+    mid_a = take(suf, g, slice(0, p - h))  # i in [h, p): S[g, i-h]
+    mid_b = take(pre, g1, slice(0, p - h - 1))  # P[g+1, i-h-1] for i > h
+    mid = mid_a.copy()
+    mid_rest = [slice(None)] * mid.ndim
+    mid_rest[a] = slice(1, None)
+    np.maximum(mid[tuple(mid_rest)], mid_b, out=mid[tuple(mid_rest)])
+    parts.append(mid)
+    if h > 0:
+        # i in [p, p+h): max(S[g, p-h+j], P[g+1, p-h+j-1]), j in [0, h)
+        parts.append(
+            np.maximum(take(suf, g, slice(p - h, p)), take(pre, g1, slice(p - h - 1, p - 1)))
+        )
+    parts.append(take(suf, g1, slice(0, p - h)))  # i in [p+h, 2p): S[g+1, j-h]
+    return np.concatenate(parts, axis=a)
+
+
+def region_max_coverage(
+    slab: NDArray[np.floating],
+    patch_size: Sequence[int],
+    n: Sequence[int],
+    coverage: float,
+    border: Border = "careamics",
+) -> NDArray[np.float64]:
+    """CAREamics' Max filter value of every region.
+
+    ``F = maximum_filter(region, size=patch_size)`` (reflect); the value is the largest
+    ``v`` with ``count(F >= v) / F.size >= coverage``, i.e. the ``k``-th largest entry of
+    ``F`` with ``k`` = :func:`coverage_rank`. With ``border="valid"`` the padding is
+    ``-inf`` (ignored by the max) and only in-image pixels are ranked.
+    """
+    nd = len(patch_size)
+    fill = 0.0 if border == "careamics" else -np.inf
+    f = padded_cells(slab, patch_size, n, fill)
+    for ax, p in enumerate(patch_size):
+        # axis index in f: 1 + 2*ax (previous axes already split into (n, 2p))
+        f = _clipped_max_profiles(f, 1 + 2 * ax, p)
+    # f: (L, n0, 2p0, n1, 2p1, ...) -> (L, n0, n1, ..., 2p0*2p1*...)
+    L = f.shape[0]
+    perm = [0] + [1 + 2 * i for i in range(nd)] + [2 + 2 * i for i in range(nd)]
+    f = f.transpose(perm).reshape(L, *n, -1)
+    size = f.shape[-1]
+    if border == "careamics":
+        k = coverage_rank(coverage, size)
+        part = np.partition(f, size - k, axis=-1)[..., size - k]
+        return part.astype(np.float64)
+    # valid: blank the padded pixels, rank among valid ones (k differs per region)
+    mask = padded_cells(np.ones((1, *slab.shape[1:]), bool), patch_size, n, False)
+    for ax, p in enumerate(patch_size):
+        mask = _region_windows_bool(mask, 1 + 2 * ax, p)
+    mask = mask.transpose(perm).reshape(1, *n, -1)
+    f = np.where(mask, f, -np.inf)
+    cnt = valid_counts(slab.shape[1:], patch_size, n)
+    out = np.empty((L, *n), dtype=np.float64)
+    srt = np.sort(f, axis=-1)
+    for idx in np.ndindex(*n):
+        k = coverage_rank(coverage, int(cnt[idx]))
+        out[(slice(None), *idx)] = srt[(slice(None), *idx, size - k)]
+    return out
+
+
+def _region_windows_bool(m: NDArray[np.bool_], axis: int, p: int) -> NDArray[np.bool_]:
+    """Expand axis ``(n+1)*p`` into ``(n, 2p)`` region windows (a copy)."""
+    shp = m.shape
+    c = shp[axis] // p
+    mv = m.reshape(shp[:axis] + (c, p) + shp[axis + 1:])
+    lo = [slice(None)] * mv.ndim
+    hi = [slice(None)] * mv.ndim
+    lo[axis] = slice(0, c - 1)
+    hi[axis] = slice(1, c)
+    return np.concatenate([mv[tuple(lo)], mv[tuple(hi)]], axis=axis + 1)
+
+
+# --------------------------------------------------------------------------- entropy
+def _xlogx_table(nmax: int) -> NDArray[np.float64]:
+    c = np.arange(nmax + 1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = c * np.log2(c)
+    t[0] = 0.0
+    return t
+
+
+def _entropy_from_sum(sum_clogc: NDArray[np.float64], cnt: NDArray[np.float64] | float):
+    return np.log2(cnt) - sum_clogc / cnt
+
+
+def is_integer_valued(x: NDArray[np.floating]) -> bool:
+    """True if every value of ``x`` is an integer (checked without a full copy per call)."""
+    if x.dtype.kind in "iub":
+        return True
+    flat = x.reshape(-1)
+    step = 1 << 20
+    for i in range(0, flat.size, step):
+        blk = flat[i : i + step]
+        if not np.array_equal(blk, np.rint(blk)):
+            return False
+    return True
+
+
+def region_entropy(
+    slab: NDArray[np.floating],
+    patch_size: Sequence[int],
+    n: Sequence[int],
+    border: Border = "careamics",
+) -> NDArray[np.float64]:
+    """Shannon entropy (base 2) of every region, exactly as ``skimage.measure.shannon_entropy``.
+
+    Integer-valued data with a small value range use per-cell histograms summed over the
+    ``2**ndim`` cells; other data sort each region's values (as packed integer keys) and
+    count runs.
+    """
+    ncells = int(np.prod([ni + 1 for ni in n])) * slab.shape[0]
+    if slab.size and is_integer_valued(slab):
+        lo = min(float(slab.min()), 0.0)
+        hi = max(float(slab.max()), 0.0)
+        nbins = int(hi - lo) + 2
+        if ncells * nbins <= _HIST_MAX_BINS:
+            return _entropy_hist(slab, patch_size, n, border, lo, nbins)
+    return _entropy_sort(slab, patch_size, n, border)
+
+
+def _entropy_hist(slab, patch_size, n, border: Border, lo: float, nbins: int):
+    nd = len(patch_size)
+    L = slab.shape[0]
+    # bin nbins-1 collects padding in "valid" mode (then dropped)
+    pad_bin = (0.0 - lo) if border == "careamics" else float(nbins - 1)
+    v = (slab - np.float32(lo)).astype(np.int32) if lo != 0 else slab.astype(np.int32)
+    vp = padded_cells(v, patch_size, n, int(pad_bin))
+    cells_shape = tuple(ni + 1 for ni in n)
+    ncell = int(np.prod(cells_shape))
+    cv = _cell_view(vp, patch_size)
+    perm = [0] + [1 + 2 * i for i in range(nd)] + [2 + 2 * i for i in range(nd)]
+    cell_idx = np.arange(L * ncell, dtype=np.int64).reshape(L, *cells_shape)
+    cell_idx = cell_idx.reshape(cell_idx.shape + (1,) * nd)
+    keys = (cv.transpose(perm) + cell_idx * nbins).reshape(-1)
+    hist = np.bincount(keys, minlength=L * ncell * nbins).reshape(L, *cells_shape, nbins)
+    if border == "valid":
+        hist[..., nbins - 1] = 0
+    reg = _combine_cells(hist, np.add, nd)  # (L, *n, nbins)
+    cnt = _counts(slab, patch_size, n, border)
+    table = _xlogx_table(int(np.max(cnt)))
+    s = table[reg].sum(axis=-1)
+    return _entropy_from_sum(s, cnt)
+
+
+def _float_keys(x: NDArray[np.floating]) -> NDArray[np.uint32]:
+    """Equality-preserving uint32 keys of float32 values (-0.0 and 0.0 share a key)."""
+    y = np.asarray(x, dtype=np.float32) + np.float32(0.0)
+    return y.view(np.uint32)
+
+
+def _entropy_sort(slab, patch_size, n, border: Border):
+    nd = len(patch_size)
+    L = slab.shape[0]
+    keys = _float_keys(slab)
+    # padding key: +0.0 (careamics) or a sentinel NaN pattern never produced by valid data
+    sentinel = np.uint32(0xFFFFFFFF)
+    pad = np.uint32(0) if border == "careamics" else sentinel
+    kp = padded_cells(keys, patch_size, n, pad)
+    for ax, p in enumerate(patch_size):
+        kp = _region_windows_bool(kp, 1 + 2 * ax, p)
+    perm = [0] + [1 + 2 * i for i in range(nd)] + [2 + 2 * i for i in range(nd)]
+    kr = kp.transpose(perm).reshape(-1, _region_size(patch_size))
+    kr = np.sort(kr, axis=-1)
+    R, N = kr.shape
+    starts = np.ones((R, N), dtype=bool)
+    np.not_equal(kr[:, 1:], kr[:, :-1], out=starts[:, 1:])
+    if border == "valid":
+        starts &= kr != sentinel
+    pos = np.flatnonzero(starts)
+    row = pos // N
+    ends = np.empty_like(pos)
+    ends[:-1] = pos[1:]
+    ends[-1] = R * N
+    # a run ends at the next start or at its row's end (or where the sentinel block begins)
+    row_end = (row + 1) * N
+    if border == "valid":
+        nvalid = (kr != sentinel).sum(axis=-1)
+        row_end = row * N + nvalid[row]
+    lengths = np.minimum(ends, row_end) - pos
+    cnt = _counts(slab, patch_size, n, border)
+    table = _xlogx_table(N)
+    s = np.bincount(row, weights=table[lengths], minlength=R).reshape(L, *n)
+    return _entropy_from_sum(s, cnt)

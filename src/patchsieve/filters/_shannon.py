@@ -1,0 +1,120 @@
+"""CAREamics' ``ShannonPatchFilter`` (``careamics/dataset/patch_filter/shannon_patch_filter.py``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from patchsieve.config import ShannonPatchFilterConfig
+from patchsieve.errors import ConfigError
+from patchsieve.filters._base import (
+    Border,
+    Ties,
+    as_image,
+    check_border,
+    check_threshold,
+    check_ties,
+    expand_region_values,
+    image_stats,
+    keep_mask,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+
+def shannon_entropy(patch: ArrayLike) -> float:
+    """Shannon entropy in bits of the values of ``patch`` (``skimage.measure.shannon_entropy``)."""
+    _, counts = np.unique(np.asarray(patch), return_counts=True)
+    p = counts / counts.sum()
+    return float(-np.sum(p * np.log2(p)))
+
+
+class ShannonPatchFilter:
+    """Filter regions on the Shannon entropy (base 2) of the reference channel.
+
+    Parameters
+    ----------
+    threshold : float
+        Minimum entropy in bits (>= 0), e.g. 7.5.
+    ties : {"careamics", "keep", "drop"}, default "careamics"
+        ``filter_out`` keeps at equality (CAREamics), ``apply_filter`` drops at equality
+        (CAREamics, quirk B3); ``"keep"``/``"drop"`` apply one rule to both.
+
+    Notes
+    -----
+    On float data nearly every value is unique, so the entropy is about
+    ``log2(#pixels)`` except where zero padding dominates (quirk B5); patchsieve warns
+    (:class:`~patchsieve.errors.PatchsieveWarning`) when it sees this.
+
+    Examples
+    --------
+    >>> img = np.arange(128 * 128, dtype=np.float32).reshape(128, 128) % 4
+    >>> float(ShannonPatchFilter.filter_map(img, (64, 64))[0, 0])
+    2.0
+    """
+
+    def __init__(self, threshold: float, *, ties: Ties = "careamics") -> None:
+        thr = check_threshold("threshold", threshold)
+        assert thr is not None
+        if thr < 0:
+            raise ConfigError(f"threshold must be non-negative (entropy in bits); got {thr}.")
+        self.threshold = thr
+        self.ties = check_ties(ties)
+
+    def __repr__(self) -> str:
+        return f"ShannonPatchFilter(threshold={self.threshold!r})"
+
+    @classmethod
+    def from_config(cls, config: ShannonPatchFilterConfig) -> ShannonPatchFilter:
+        """Build the filter from its config."""
+        return cls(threshold=config.threshold)
+
+    def filter_out(self, patch: ArrayLike) -> bool:
+        """True if the entropy of ``patch`` is below the threshold (CAREamics)."""
+        h = shannon_entropy(np.asarray(patch))
+        return not bool(keep_mask(h, self.threshold, self.ties, strict_default=False))
+
+    @staticmethod
+    def region_values(
+        image: ArrayLike, patch_size: Sequence[int], *, border: Border = "careamics"
+    ) -> NDArray[np.float64]:
+        """Entropy of every region of a (Z)YX image, shape ``grid_shape``."""
+        img = as_image(image)
+        return image_stats(img, patch_size, ["entropy"], check_border(border))["entropy"]
+
+    @staticmethod
+    def filter_map(
+        image: ArrayLike, patch_size: Sequence[int], *, border: Border = "careamics"
+    ) -> NDArray[np.float64]:
+        """Per-pixel entropy map, exactly as CAREamics' ``filter_map``."""
+        img = np.asarray(image)
+        vals = ShannonPatchFilter.region_values(img, patch_size, border=border)
+        return expand_region_values(vals, img.shape, patch_size)
+
+    @staticmethod
+    def apply_filter(
+        filter_map: ArrayLike, threshold: float, *, ties: Ties = "careamics"
+    ) -> NDArray[np.bool_]:
+        """Keep-mask ``filter_map > threshold`` (``>=`` with ``ties="keep"``)."""
+        thr = check_threshold("threshold", threshold)
+        assert thr is not None
+        return keep_mask(filter_map, thr, check_ties(ties), strict_default=True)
+
+    @staticmethod
+    def plot_filter_map(
+        image: ArrayLike, filter_map: ArrayLike, z_idx: int | None = None, **kwargs: Any
+    ) -> Figure:
+        """Plot the filter map over the image (3D: slice ``z_idx``, default middle)."""
+        from patchsieve.plotting import plot_filter_map
+
+        return plot_filter_map(
+            image, filter_map, z_idx, title="Shannon Entropy Filter Map", label="threshold",
+            **kwargs,
+        )

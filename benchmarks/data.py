@@ -1,0 +1,548 @@
+"""Shared benchmark data cache: generate once, reuse (no patchsieve import needed).
+
+Datasets (``SPECS``; sizes are uncompressed):
+
+==============  ====================  ========  =====  ===========================================
+name            shape                 dtype     axes   notes
+==============  ====================  ========  =====  ===========================================
+``hagen2d``     79x1024x1024          float32   syx    the Hagen-like demo stack, 331 MB;
+                                                       OME-Zarr chunks (1,512,512) + ``.npy``
+``vol3d``       2x64x512x512          uint16    czyx   two channels, ref channel 1 denser, 67 MB;
+                                                       OME-Zarr chunks (1,32,256,256) + ``.npy``
+``large-2g``    64x4096x4096          uint16    zyx    2 GiB, OME-Zarr only (RSS-vs-size claims)
+``large-4g``    128x4096x4096         uint16    zyx    4 GiB, the >= 4 GB filter-pass volume
+``large-16g``   512x4096x4096         uint16    zyx    16 GiB (RSS-vs-size claims)
+``large-ram``   960x4096x4096         uint16    zyx    30 GiB, larger than a 24 GiB machine's RAM
+==============  ====================  ========  =====  ===========================================
+
+OME-Zarr is written with zarr 3 (NGFF 0.5, one level ``s0``, the zarr default codec: zstd) and
+``ome_zarr.writer.write_multiscales_metadata``; the sample axis ``s`` is a custom-type axis.
+Large volumes are generated chunk by chunk (bounded memory, deterministic per chunk, threads).
+The 2D stack is bit-identical to ``hagen_like_2d.npy`` from ``shared/careamics_reference/
+make_data.py`` (same generator, rng seed 0), whose structure functions are copied here.
+
+Cache: ``.bench-cache/`` in the repository root (``PATCHSIEVE_BENCH_CACHE`` overrides). Each
+dataset is built in a temporary folder and renamed into place with a ``stamp.json`` holding the
+generator version, so an interrupted build is never reused. Free disk is checked first.
+
+CLI::
+
+    python benchmarks/data.py list                 # what is cached, sizes, free disk
+    python benchmarks/data.py make hagen2d vol3d   # generate (no-op when cached)
+    python benchmarks/data.py delete large-16g     # or: delete --all
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+log = logging.getLogger("patchsieve.benchmarks.data")
+
+GENERATOR_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = REPO_ROOT / ".bench-cache"
+#: Expected zstd compression of the generated uint16 volumes (measured ~1.9x); used only to
+#: estimate the disk space needed, with a margin.
+EST_COMPRESSION = 1.5
+DISK_MARGIN_BYTES = 1 << 30
+
+# ----------------------------------------------------------------------------- generator
+# structure_field / noisy / make_2d_stack: copied from shared/careamics_reference/make_data.py
+# (the CAREamics anchoring data of this project); kept identical so that ``hagen2d`` equals
+# hagen_like_2d.npy bit for bit. Background ~ Poisson(100) + N(0, 5); bright blobby structures
+# cover ~25% of the area.
+BG = 100.0
+AMP = 900.0
+READ_SIGMA = 5.0
+FRAC = 0.25
+
+
+def structure_field(rng: np.random.Generator, shape: tuple[int, ...], lowres: tuple[int, ...],
+                    frac: float = FRAC, sigma: float = 2.0) -> np.ndarray:
+    """Smooth random field in [0, 1]; about ``frac`` of the voxels are > 0 (from make_data.py)."""
+    small_shape = tuple(s // f for s, f in zip(shape, lowres, strict=False))
+    small = rng.standard_normal(small_shape)
+    small = ndi.gaussian_filter(small, sigma, mode="wrap")
+    field = ndi.zoom(small, lowres, order=1, mode="grid-wrap", grid_mode=True)
+    field = field[tuple(slice(0, s) for s in shape)]
+    thr = np.quantile(field, 1.0 - frac)
+    s = np.clip(field - thr, 0, None)
+    s /= s.max()
+    return np.sqrt(s)  # blobby plateaus with soft edges
+
+
+def noisy(rng: np.random.Generator, clean: np.ndarray) -> np.ndarray:
+    """Poisson shot noise plus Gaussian read noise, float32 (from make_data.py)."""
+    out = rng.poisson(clean).astype(np.float32)
+    out += rng.normal(0.0, READ_SIGMA, size=clean.shape).astype(np.float32)
+    return out
+
+
+def hagen_slices(n: int = 79, yx: tuple[int, int] = (1024, 1024),
+                 seed: int = 0) -> Iterator[np.ndarray]:
+    """Yield the slices of make_data.py's ``make_2d_stack`` one by one (same rng sequence)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        s = structure_field(rng, yx, (16, 16))
+        yield noisy(rng, BG + AMP * s)
+
+
+def make_two_channel(shape_czyx: tuple[int, ...], seed: int = 1) -> np.ndarray:
+    """Two-channel uint16 CZYX volume; channel 1 (the reference) is the denser one.
+
+    Channel 0 has ~12% foreground, channel 1 ~35% (partly overlapping channel 0's structures).
+    """
+    c, *zyx = shape_czyx
+    if c != 2:
+        raise ValueError(f"shape {shape_czyx} must have 2 channels first (C,Z,Y,X)")
+    zyx = tuple(zyx)
+    rng = np.random.default_rng(seed)
+    lowres = tuple(max(1, min(f, s)) for f, s in zip((4, 16, 16), zyx, strict=True))
+    padded = tuple(-(-s // f) * f for s, f in zip(zyx, lowres, strict=True))  # multiples
+    crop = tuple(slice(0, s) for s in zyx)
+    s0 = structure_field(rng, padded, lowres, frac=0.12, sigma=1.5)[crop]
+    s1 = structure_field(rng, padded, lowres, frac=0.35, sigma=1.5)[crop]
+    s1 = np.maximum(s1, 0.6 * s0)
+    out = np.empty((2, *zyx), np.uint16)
+    for ch, (s, amp) in enumerate(((s0, AMP), (s1, 0.7 * AMP))):
+        out[ch] = np.clip(np.rint(noisy(rng, BG + amp * s)), 0, 65535)
+    return out
+
+
+class _LargeField:
+    """Global low-resolution structure field, linearly interpolated per chunk (seamless)."""
+
+    def __init__(self, shape: tuple[int, ...], seed: int, lowres: tuple[int, ...] = (4, 16, 16),
+                 frac: float = FRAC) -> None:
+        lowres = tuple(lowres[-len(shape):]) if len(shape) <= len(lowres) else \
+            (1,) * (len(shape) - len(lowres)) + tuple(lowres)
+        self.lowres = tuple(max(1, min(f, s)) for f, s in zip(lowres, shape, strict=False))
+        small_shape = tuple(math.ceil(s / f) + 1 for s, f in zip(shape, self.lowres, strict=False))
+        rng = np.random.default_rng([seed, 0])
+        small = ndi.gaussian_filter(rng.standard_normal(small_shape), 1.5, mode="wrap")
+        thr = np.quantile(small, 1.0 - frac)
+        s = np.clip(small - thr, 0, None)
+        s /= max(float(s.max()), 1e-12)
+        self.small = np.sqrt(s).astype(np.float32)
+
+    def block(self, start: tuple[int, ...], stop: tuple[int, ...]) -> np.ndarray:
+        """The field over ``[start, stop)`` at full resolution (separable linear interpolation)."""
+        out = self.small
+        lo = [int(a // f) for a, f in zip(start, self.lowres, strict=False)]
+        hi = [int((b - 1) // f) + 2 for b, f in zip(stop, self.lowres, strict=False)]
+        out = out[tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))]
+        for ax, (a, b, f, l0) in enumerate(zip(start, stop, self.lowres, lo, strict=False)):
+            pos = np.arange(a, b, dtype=np.float64) / f - l0
+            i0 = np.floor(pos).astype(np.intp)
+            w = (pos - i0).astype(np.float32)
+            shp = [1] * out.ndim
+            shp[ax] = -1
+            w = w.reshape(shp)
+            out = np.take(out, i0, axis=ax) * (1 - w) + np.take(out, i0 + 1, axis=ax) * w
+        return out
+
+
+def _large_chunk(field: _LargeField, seed: int, index: int, start: tuple[int, ...],
+                 stop: tuple[int, ...]) -> np.ndarray:
+    rng = np.random.default_rng([seed, 1, index])
+    clean = BG + AMP * field.block(start, stop)
+    # Poisson(clean) + N(0, READ_SIGMA) approximated by one Gaussian draw of the same variance
+    noise = rng.standard_normal(clean.shape, dtype=np.float32)
+    noise *= np.sqrt(clean + READ_SIGMA**2)
+    clean += noise
+    np.rint(clean, out=clean)
+    np.clip(clean, 0, 65535, out=clean)
+    return clean.astype(np.uint16)
+
+
+# ----------------------------------------------------------------------------- specs
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What one cached dataset is.
+
+    Attributes
+    ----------
+    name : str
+        Cache folder name.
+    kind : {"hagen2d", "vol3d", "large"}
+        Generator.
+    shape, chunks : tuple of int
+        Array and Zarr chunk shapes.
+    dtype : str
+        ``"float32"`` or ``"uint16"``.
+    axes : str
+        Lower-case dims (``"syx"``, ``"czyx"``, ``"zyx"``).
+    npy : bool
+        Also write ``data.npy`` (in-memory inputs for CAREamics and peers).
+    seed : int
+        Generator seed.
+    ref_channel : int or None
+        Reference channel of multichannel data.
+    description : str
+        One line for tables.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    axes: str
+    npy: bool
+    seed: int = 0
+    ref_channel: int | None = None
+    description: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed size in bytes."""
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+    def resized(self, name: str, shape: tuple[int, ...],
+                chunks: tuple[int, ...] | None = None) -> Spec:
+        """The same generator at another size (e.g. tiny, for tests)."""
+        return dataclasses.replace(self, name=name, shape=tuple(shape),
+                                   chunks=tuple(chunks or self.chunks))
+
+    def stamp(self) -> dict[str, Any]:
+        """Content of ``stamp.json`` (a cached dataset is reused only when it matches)."""
+        d = dataclasses.asdict(self)
+        d.update(shape=list(self.shape), chunks=list(self.chunks),
+                 generator_version=GENERATOR_VERSION)
+        d.pop("description")
+        return d
+
+
+SPECS: dict[str, Spec] = {s.name: s for s in (
+    Spec("hagen2d", "hagen2d", (79, 1024, 1024), (1, 512, 512), "float32", "syx", True, 0,
+         None, "Hagen-like 2D stack 79x1024x1024 float32 (make_data.py, seed 0)"),
+    Spec("vol3d", "vol3d", (2, 64, 512, 512), (1, 32, 256, 256), "uint16", "czyx", True, 1, 1,
+         "3D two-channel 2x64x512x512 uint16, ref channel 1 denser"),
+    Spec("large-2g", "large", (64, 4096, 4096), (32, 256, 256), "uint16", "zyx", False, 2,
+         None, "2 GiB uint16 ZYX, zstd"),
+    Spec("large-4g", "large", (128, 4096, 4096), (32, 256, 256), "uint16", "zyx", False, 4,
+         None, "4 GiB uint16 ZYX, zstd"),
+    Spec("large-16g", "large", (512, 4096, 4096), (32, 256, 256), "uint16", "zyx", False, 16,
+         None, "16 GiB uint16 ZYX, zstd"),
+    Spec("large-ram", "large", (960, 4096, 4096), (32, 256, 256), "uint16", "zyx", False, 30,
+         None, "30 GiB uint16 ZYX, zstd: larger than a 24 GiB machine's RAM"),
+)}
+
+
+class InsufficientDiskError(OSError):
+    """Not enough free disk for a dataset; the message says how much is needed and where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A generated, stamped dataset in the cache.
+
+    Attributes
+    ----------
+    spec : Spec
+    root : Path
+        ``<cache>/<name>``.
+    """
+
+    spec: Spec
+    root: Path
+
+    @property
+    def zarr_path(self) -> Path:
+        """The OME-Zarr root (``data.ome.zarr``)."""
+        return self.root / "data.ome.zarr"
+
+    @property
+    def array_path(self) -> Path:
+        """The full-resolution array inside the OME-Zarr (level ``s0``)."""
+        return self.zarr_path / "s0"
+
+    @property
+    def npy_path(self) -> Path | None:
+        """``data.npy`` when the spec has one."""
+        return self.root / "data.npy" if self.spec.npy else None
+
+    def open_zarr(self):
+        """The level-0 ``zarr.Array`` (read-only)."""
+        import zarr
+
+        return zarr.open_array(str(self.array_path), mode="r")
+
+    def load_npy(self, mmap: bool = True) -> np.ndarray:
+        """The ``.npy`` copy (memory-mapped by default)."""
+        if self.npy_path is None:
+            raise FileNotFoundError(f"dataset {self.spec.name!r} has no .npy copy (npy=False)")
+        return np.load(self.npy_path, mmap_mode="r" if mmap else None)
+
+    def info(self) -> dict[str, Any]:
+        """JSON-friendly description for results files."""
+        return {"name": self.spec.name, "shape": list(self.spec.shape),
+                "chunks": list(self.spec.chunks), "dtype": self.spec.dtype,
+                "axes": self.spec.axes, "nbytes": self.spec.nbytes,
+                "disk_bytes": dir_size(self.zarr_path), "ref_channel": self.spec.ref_channel,
+                "codec": "zarr 3 default (zstd)", "description": self.spec.description}
+
+
+# ----------------------------------------------------------------------------- cache
+def cache_dir(cache: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``cache``, else ``$PATCHSIEVE_BENCH_CACHE``, else ``.bench-cache``."""
+    return Path(cache or os.environ.get("PATCHSIEVE_BENCH_CACHE") or DEFAULT_CACHE)
+
+
+def dir_size(path: str | os.PathLike) -> int:
+    """Bytes of all files under ``path`` (0 when absent)."""
+    total = 0
+    for r, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(r, f))
+            except OSError:
+                pass
+    return total
+
+
+def disk_needed(spec: Spec) -> int:
+    """Estimated bytes to generate ``spec`` (compressed Zarr + optional .npy + margin)."""
+    return int(spec.nbytes / EST_COMPRESSION) + (spec.nbytes if spec.npy else 0) + \
+        DISK_MARGIN_BYTES
+
+
+def check_disk(spec: Spec, cache: str | os.PathLike | None = None) -> None:
+    """Raise :class:`InsufficientDiskError` when the cache's disk is too small for ``spec``."""
+    root = cache_dir(cache)
+    probe = root if root.exists() else next(p for p in root.parents if p.exists())
+    free = shutil.disk_usage(probe).free
+    need = disk_needed(spec)
+    if free < need:
+        raise InsufficientDiskError(
+            f"dataset {spec.name!r} needs ~{need / 1e9:.1f} GB but only {free / 1e9:.1f} GB are "
+            f"free under {probe}; free disk, delete cached datasets (python benchmarks/data.py "
+            f"delete --all) or point PATCHSIEVE_BENCH_CACHE at a larger disk")
+
+
+def _resolve(spec: str | Spec) -> Spec:
+    if isinstance(spec, Spec):
+        return spec
+    try:
+        return SPECS[spec]
+    except KeyError:
+        raise KeyError(f"dataset {spec!r} is unknown; choose one of {sorted(SPECS)}") from None
+
+
+def cached(spec: str | Spec, cache: str | os.PathLike | None = None) -> Dataset | None:
+    """The dataset when it is in the cache with a matching stamp, else None."""
+    spec = _resolve(spec)
+    root = cache_dir(cache) / spec.name
+    try:
+        stamp = json.loads((root / "stamp.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return Dataset(spec, root) if stamp == spec.stamp() else None
+
+
+def ensure(spec: str | Spec, cache: str | os.PathLike | None = None, *,
+           workers: int | None = None) -> Dataset:
+    """Return the cached dataset, generating it first when missing or stale.
+
+    Parameters
+    ----------
+    spec : str or Spec
+        A name from :data:`SPECS` or a :class:`Spec` (e.g. ``SPECS["large-2g"].resized(...)``).
+    cache : path, optional
+        Cache folder (see :func:`cache_dir`).
+    workers : int, optional
+        Generator threads for large volumes (default: CPU count).
+
+    Raises
+    ------
+    InsufficientDiskError
+        When the disk is too small (checked before writing anything).
+    """
+    spec = _resolve(spec)
+    hit = cached(spec, cache)
+    if hit is not None:
+        return hit
+    root = cache_dir(cache)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / spec.name
+    if final.exists():
+        log.info("removing stale %s", final)
+        shutil.rmtree(final)
+    check_disk(spec, root)
+    tmp = root / f".{spec.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    t0 = time.perf_counter()
+    try:
+        _GENERATORS[spec.kind](spec, tmp, workers or os.cpu_count() or 1)
+        (tmp / "stamp.json").write_text(json.dumps(spec.stamp(), indent=1))
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("generated %s in %.1f s", spec.name, time.perf_counter() - t0)
+    return Dataset(spec, final)
+
+
+def delete(name: str | None = None, cache: str | os.PathLike | None = None) -> list[str]:
+    """Delete one cached dataset (or all when ``name`` is None); return what was removed."""
+    root = cache_dir(cache)
+    if not root.exists():
+        return []
+    removed = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and (name is None or p.name == name or p.name.startswith(f".{name}.tmp")):
+            shutil.rmtree(p)
+            removed.append(p.name)
+    return removed
+
+
+def list_cache(cache: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Rows ``{name, cached, nbytes, disk_bytes}`` for every known spec."""
+    rows = []
+    for name, spec in SPECS.items():
+        ds = cached(spec, cache)
+        rows.append({"name": name, "cached": ds is not None, "nbytes": spec.nbytes,
+                     "disk_bytes": dir_size(ds.root) if ds else 0,
+                     "description": spec.description})
+    return rows
+
+
+# ----------------------------------------------------------------------------- writers
+def _create_ome_zarr(path: Path, spec: Spec):
+    """An NGFF 0.5 group with one level ``s0`` (zarr default codec) and its metadata."""
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_multiscales_metadata
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    arr = root.create_array("s0", shape=spec.shape, chunks=spec.chunks, dtype=spec.dtype,
+                            dimension_names=tuple(spec.axes), fill_value=0,
+                            config={"write_empty_chunks": True})
+    types = {"s": None, "t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+    axes = [{"name": a, **({"type": types[a]} if types[a] else {})} for a in spec.axes]
+    write_multiscales_metadata(
+        root, datasets=[{"path": "s0", "coordinateTransformations":
+                         [{"type": "scale", "scale": [1.0] * len(spec.shape)}]}],
+        fmt=FormatV05(), axes=axes, name=spec.name)
+    return arr
+
+
+def _gen_hagen2d(spec: Spec, out: Path, workers: int) -> None:
+    n, *yx = spec.shape
+    arr = _create_ome_zarr(out / "data.ome.zarr", spec)
+    npy = np.lib.format.open_memmap(out / "data.npy", mode="w+", dtype=np.float32,
+                                    shape=spec.shape)
+    for i, sl in enumerate(hagen_slices(n, tuple(yx), spec.seed)):
+        npy[i] = sl
+        arr[i] = sl
+    npy.flush()
+    del npy
+
+
+def _gen_vol3d(spec: Spec, out: Path, workers: int) -> None:
+    vol = make_two_channel(spec.shape, spec.seed)
+    np.save(out / "data.npy", vol)
+    arr = _create_ome_zarr(out / "data.ome.zarr", spec)
+    arr[...] = vol
+
+
+def _chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple]:
+    grid = [range(math.ceil(s / c)) for s, c in zip(shape, chunks, strict=False)]
+    for idx in itertools.product(*grid):
+        start = tuple(i * c for i, c in zip(idx, chunks, strict=False))
+        stop = tuple(min(a + c, s) for a, c, s in zip(start, chunks, shape, strict=False))
+        yield start, stop
+
+
+def _gen_large(spec: Spec, out: Path, workers: int) -> None:
+    arr = _create_ome_zarr(out / "data.ome.zarr", spec)
+    field = _LargeField(spec.shape, spec.seed)
+    nchunks = math.prod(math.ceil(s / c) for s, c in zip(spec.shape, spec.chunks, strict=False))
+    t0 = time.perf_counter()
+
+    def one(item: tuple[int, tuple]) -> None:
+        i, (start, stop) = item
+        block = _large_chunk(field, spec.seed, i, start, stop)
+        arr[tuple(slice(a, b) for a, b in zip(start, stop, strict=False))] = block
+
+    items = enumerate(_chunk_slices(spec.shape, spec.chunks))
+    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: set[cf.Future] = set()
+        done_n = 0
+        for item in items:  # bounded number of chunks in flight -> bounded memory
+            pending.add(pool.submit(one, item))
+            if len(pending) >= 2 * workers:
+                done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for f in done:
+                    f.result()
+                done_n += len(done)
+                if done_n % 256 < len(done):
+                    log.info("%s: %d/%d chunks, %.0f s", spec.name, done_n, nchunks,
+                             time.perf_counter() - t0)
+        for f in cf.as_completed(pending):
+            f.result()
+
+
+_GENERATORS = {"hagen2d": _gen_hagen2d, "vol3d": _gen_vol3d, "large": _gen_large}
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/data.py {list,make,delete} ...``."""
+    ap = argparse.ArgumentParser(description="patchsieve benchmark data cache")
+    ap.add_argument("--cache", help="cache folder (default .bench-cache or "
+                                    "$PATCHSIEVE_BENCH_CACHE)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="show datasets, cached or not, and free disk")
+    mk = sub.add_parser("make", help="generate datasets (no-op when cached)")
+    mk.add_argument("names", nargs="+", choices=sorted(SPECS))
+    dl = sub.add_parser("delete", help="delete cached datasets")
+    dl.add_argument("names", nargs="*")
+    dl.add_argument("--all", action="store_true", help="delete the whole cache content")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = cache_dir(args.cache)
+    if args.cmd == "list":
+        for r in list_cache(root):
+            print(f"{r['name']:<10} {'cached' if r['cached'] else '-':<7} "
+                  f"{r['nbytes'] / 2**30:7.2f} GiB raw  {r['disk_bytes'] / 2**30:7.2f} GiB disk"
+                  f"  {r['description']}")
+        probe = root if root.exists() else root.parent
+        print(f"cache: {root}  free disk: {shutil.disk_usage(probe).free / 1e9:.1f} GB")
+    elif args.cmd == "make":
+        for name in args.names:
+            t0 = time.perf_counter()
+            try:
+                ds = ensure(name, root)
+            except InsufficientDiskError as exc:
+                print(f"SKIP {name}: {exc}")
+                continue
+            print(f"{name}: {ds.root} ({time.perf_counter() - t0:.1f} s)")
+    else:
+        if not args.all and not args.names:
+            ap.error("delete needs dataset names or --all")
+        names = [None] if args.all else args.names
+        for name in names:
+            print("removed:", ", ".join(delete(name, root)) or "nothing")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

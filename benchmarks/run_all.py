@@ -1,0 +1,206 @@
+"""Run the benchmark suite: every ``benchmarks/bench_*.py`` in sequence, then a summary table.
+
+    python benchmarks/run_all.py                 # in-memory and <= 4 GB set (make bench)
+    python benchmarks/run_all.py --large         # out-of-core set (make bench-large)
+    python benchmarks/run_all.py --only baselines --only filters
+    python benchmarks/run_all.py --quick         # small inputs, smoke run
+    python benchmarks/run_all.py --setup-venvs   # create the CAREamics / peer venvs first
+    python benchmarks/run_all.py --summary-only  # rebuild results/summary.md from the JSON
+
+Each script writes ``benchmarks/results/<name>.json`` whose ``summary`` rows (see
+``_harness.summary_row``) become one table per benchmark in ``benchmarks/results/summary.md``,
+ready to paste into BENCHMARKS.md. A total time budget (``--budget-min``) bounds the run: each
+script gets what is left, and scripts not started in time are reported as skipped. Creating the
+CAREamics and peer virtualenvs (``--setup-venvs``) is outside the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as H  # noqa: E402
+
+BENCH_DIR = H.BENCH_DIR
+
+
+def discover(only: list[str] | None = None) -> list[Path]:
+    """The ``bench_*.py`` scripts, sorted; ``only`` filters by name (``baselines`` or
+    ``bench_baselines``)."""
+    scripts = sorted(BENCH_DIR.glob("bench_*.py"))
+    if not only:
+        return scripts
+    wanted = {o.removeprefix("bench_").removesuffix(".py") for item in only
+              for o in item.split(",") if o}
+    known = {p.stem.removeprefix("bench_") for p in scripts}
+    unknown = wanted - known
+    if unknown:
+        raise SystemExit(f"--only {sorted(unknown)}: no such benchmark; choose from "
+                         f"{sorted(known)}")
+    return [p for p in scripts if p.stem.removeprefix("bench_") in wanted]
+
+
+def _log_dir() -> Path:
+    d = Path(os.environ.get("PATCHSIEVE_BENCH_CACHE") or H.REPO_ROOT / ".bench-cache") / "logs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def run_script(script: Path, args: list[str], timeout: float) -> dict[str, Any]:
+    """Run one benchmark script (output streamed and logged); return its status row."""
+    log_path = _log_dir() / f"{script.stem}.log"
+    cmd = [sys.executable, str(script), *args]
+    print(f"\n=== {script.name} {' '.join(args)} (timeout {timeout / 60:.1f} min)", flush=True)
+    t0 = time.perf_counter()
+    status = "ok"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=str(H.REPO_ROOT))
+        fired = threading.Event()
+
+        def kill() -> None:
+            fired.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+        if fired.is_set():
+            status = "timeout"
+    wall = time.perf_counter() - t0
+    if status == "ok" and rc != 0:
+        status = f"failed (exit {rc})"
+    print(f"=== {script.name}: {status} in {wall:.0f} s (log: {log_path})", flush=True)
+    return {"script": script.name, "status": status, "wall_s": wall, "log": str(log_path)}
+
+
+def setup_venvs() -> None:
+    """Create the CAREamics and peer virtualenvs (idempotent; outside the time budget)."""
+    for sh in ("careamics-env.sh", "peers-env.sh"):
+        print(f"=== bash benchmarks/{sh}", flush=True)
+        rc = subprocess.call(["bash", str(BENCH_DIR / sh)])
+        if rc != 0:
+            print(f"!! {sh} failed (exit {rc}); the comparisons that need it will be skipped")
+
+
+# ----------------------------------------------------------------------------- summary
+def _cell(v: Any) -> str:
+    return H._fmt(v).replace("|", "/")
+
+
+def load_results(results_dir: Path) -> list[dict[str, Any]]:
+    """Every ``*.json`` result document in ``results_dir`` (sorted by name)."""
+    docs = []
+    for p in sorted(results_dir.glob("*.json")):
+        try:
+            docs.append(json.loads(p.read_text()))
+        except (OSError, ValueError) as exc:
+            print(f"!! cannot read {p}: {exc}")
+    return docs
+
+
+def render_summary(docs: list[dict[str, Any]], runs: list[dict[str, Any]] | None = None,
+                   command: str | None = None) -> str:
+    """Markdown: header (command, machine, versions), one table per benchmark, run status."""
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    lines = ["# patchsieve benchmark results", "",
+             f"Generated {now} by `{command or 'python benchmarks/run_all.py'}`.", ""]
+    if docs:
+        m, v = docs[0].get("machine", {}), docs[0].get("versions", {})
+        lines += [f"Machine: {m.get('cpu_model', '?')}, {m.get('cores_logical', '?')} logical "
+                  f"cores ({m.get('cores_usable', '?')} usable), "
+                  f"{m.get('memory_total_gib', '?')} GiB RAM, {m.get('platform', '?')}.", "",
+                  "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val), ""]
+    lines += ["Ratios are value / baseline measured in the same run: for throughputs (MB/s, "
+              "patches/s) a speed-up, for times (s) a cost. `met` checks the target.", ""]
+    for doc in docs:
+        rows = doc.get("summary") or []
+        thr = doc.get("threads", {})
+        torch_thr = thr.get("torch_num_threads") if isinstance(thr, dict) else None
+        omp = (thr.get("env") or {}).get("OMP_NUM_THREADS") if isinstance(thr, dict) else None
+        lines += [f"## {doc.get('name', '?')}", "",
+                  f"`{doc.get('command', '?')}` at {doc.get('timestamp', '?')}; "
+                  f"torch threads {torch_thr if torch_thr is not None else '-'}, "
+                  f"OMP_NUM_THREADS {omp or 'unset'}.", ""]
+        for s in doc.get("skipped") or []:
+            lines.append(f"- skipped {s.get('dataset', s.get('what', '?'))}: "
+                         f"{s.get('reason', '')}")
+        if not rows:
+            lines += ["(no summary rows)", ""]
+            continue
+        lines += ["| what | value | unit | baseline | baseline value | ratio | target | met |",
+                  "|---|---:|---|---|---:|---:|---|---|"]
+        for r in rows:
+            lines.append("| " + " | ".join(_cell(r.get(k)) for k in (
+                "what", "value", "unit", "baseline", "baseline_value", "ratio", "target",
+                "met")) + " |")
+        lines.append("")
+    if runs:
+        lines += ["## Run status", "", "| script | status | wall s |", "|---|---|---:|"]
+        lines += [f"| {r['script']} | {r['status']} | {r['wall_s']:.0f} |" for r in runs]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite and write ``results/summary.md``."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", action="append", help="benchmark name(s), e.g. baselines")
+    ap.add_argument("--large", action="store_true", help="the out-of-core set")
+    ap.add_argument("--quick", action="store_true", help="small inputs (smoke run)")
+    ap.add_argument("--budget-min", type=float, default=30.0, help="total time budget (min)")
+    ap.add_argument("--results", default=None, help="results folder")
+    ap.add_argument("--setup-venvs", action="store_true",
+                    help="create the CAREamics and peer venvs first (not timed)")
+    ap.add_argument("--summary-only", action="store_true", help="only rebuild summary.md")
+    ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args, passthrough = ap.parse_known_args(argv)
+    results = Path(args.results or os.environ.get("PATCHSIEVE_BENCH_RESULTS") or H.RESULTS_DIR)
+    scripts = discover(args.only)
+    if args.list:
+        print("\n".join(p.stem.removeprefix("bench_") for p in scripts))
+        return 0
+    runs: list[dict[str, Any]] = []
+    if not args.summary_only:
+        if args.setup_venvs:
+            setup_venvs()
+        flags = (["--large"] if args.large else []) + (["--quick"] if args.quick else [])
+        flags += ["--results", str(results), *passthrough]
+        deadline = time.perf_counter() + args.budget_min * 60
+        for script in scripts:
+            left = deadline - time.perf_counter()
+            if left < 10:
+                runs.append({"script": script.name, "status": "skipped (budget)", "wall_s": 0.0})
+                continue
+            runs.append(run_script(script, flags, left))
+    results.mkdir(parents=True, exist_ok=True)
+    docs = load_results(results)
+    cmd = " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+    out = results / "summary.md"
+    out.write_text(render_summary(docs, runs, cmd))
+    print(f"\nwrote {out}")
+    bad = [r for r in runs if r["status"] != "ok"]
+    for r in bad:
+        print(f"!! {r['script']}: {r['status']}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -217,13 +217,28 @@ def _structure(
     """
     thr = np.quantile(small, 1.0 - frac)
     top = float(small.max()) - thr
-    axes = [
-        (np.arange(sl.start, sl.stop, dtype=np.float64) + 0.5) / f - 0.5
-        for sl, f in zip(region, factors, strict=True)
-    ]
-    coords = np.meshgrid(*axes, indexing="ij")
-    field = ndi.map_coordinates(small, coords, order=1, mode="grid-wrap")
+    field = small
+    for axis, (sl, f) in enumerate(zip(region, factors, strict=True)):
+        weights = _linear_weights(small.shape[axis], f, sl)
+        field = np.moveaxis(np.tensordot(weights, field, axes=([1], [axis])), 0, axis)
     return np.sqrt(np.clip(field - thr, 0.0, None) / top)
+
+
+def _linear_weights(n_small: int, factor: int, sl: slice) -> np.ndarray:
+    """Periodic linear-interpolation weights (rows: output pixels of ``sl``; cols: coarse grid).
+
+    Row ``o`` samples the coarse grid at ``(o + 0.5) / factor - 0.5`` with wrap-around, as
+    ``scipy.ndimage.zoom(..., order=1, mode="grid-wrap", grid_mode=True)`` does; applied axis by
+    axis (the interpolation is separable).
+    """
+    pos = (np.arange(sl.start, sl.stop, dtype=np.float64) + 0.5) / factor - 0.5
+    left = np.floor(pos)
+    frac = pos - left
+    weights = np.zeros((pos.size, n_small))
+    rows = np.arange(pos.size)
+    np.add.at(weights, (rows, left.astype(int) % n_small), 1.0 - frac)
+    np.add.at(weights, (rows, (left.astype(int) + 1) % n_small), frac)
+    return weights
 
 
 def _counts(rng: np.random.Generator, clean: np.ndarray) -> np.ndarray:

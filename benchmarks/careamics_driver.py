@@ -85,7 +85,7 @@ def load_inputs(args):
         sl[axes.index("S")] = slice(0, args.slices)
         arr = arr[tuple(sl)]
         mask = mask[tuple(sl)] if mask is not None else None
-    arr = np.ascontiguousarray(arr)
+    arr = np.array(arr)  # in RAM, as CAREamics' in-memory dataset holds it
     ref = ref_images(arr, axes, args.ref_channel)
     if mask is None:
         thr = args.params["mask_rule_threshold"]
@@ -388,7 +388,7 @@ def main(argv=None):
                     "torch_num_interop_threads": torch.get_num_interop_threads(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                     "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS")},
-        "cpu_count": os.cpu_count(),
+        "cpu_count": os.cpu_count(), "load_avg_1min_start": os.getloadavg()[0],
         "input": {"path": args.input, "axes": data[1], "shape": list(arr.shape),
                   "dtype": str(arr.dtype), "nbytes": int(arr.nbytes),
                   "ref_channel": args.ref_channel, "patch_size": args.patch_size,
@@ -405,6 +405,7 @@ def main(argv=None):
         doc["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     except ImportError:  # pragma: no cover - Windows
         pass
+    doc["load_avg_1min_end"] = os.getloadavg()[0]
     print(json.dumps(doc, default=lambda o: o.item() if hasattr(o, "item") else str(o),
                      allow_nan=True))
     return 0

@@ -290,6 +290,31 @@ class Dataset:
             raise FileNotFoundError(f"dataset {self.spec.name!r} has no .npy copy (npy=False)")
         return np.load(self.npy_path, mmap_mode="r" if mmap else None)
 
+    def derived_npy(self, slices: int | None = None, dtype: str | None = None) -> Path:
+        """A cached ``.npy`` of the first ``slices`` samples, optionally cast (rounded, clipped).
+
+        E.g. ``derived_npy(8)`` for CAREamics on 8 Hagen-like slices and
+        ``derived_npy(8, "uint16")`` for the same slices rounded to integers (Shannon on
+        integer data). Written once next to the dataset (``derived/``), atomically.
+        """
+        src = self.load_npy()
+        n = src.shape[0] if slices is None else int(slices)
+        if not 0 < n <= src.shape[0]:
+            raise ValueError(f"slices={slices!r} must be in 1..{src.shape[0]}")
+        dt = np.dtype(dtype or src.dtype)
+        out = self.root / "derived" / f"first{n}_{dt.name}.npy"
+        if out.exists():
+            return out
+        out.parent.mkdir(exist_ok=True)
+        part = np.asarray(src[:n])
+        if dt.kind in "ui" and part.dtype.kind == "f":
+            info = np.iinfo(dt)
+            part = np.clip(np.rint(part), info.min, info.max)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npy")
+        np.save(tmp, part.astype(dt))
+        tmp.replace(out)
+        return out
+
     def info(self) -> dict[str, Any]:
         """JSON-friendly description for results files."""
         return {"name": self.spec.name, "shape": list(self.spec.shape),

@@ -295,3 +295,48 @@ def test_run_all_summary_only_cli(tmp_path):
                            "--results", str(tmp_path)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "## demo" in (tmp_path / "summary.md").read_text()
+
+
+def test_derived_npy_slices_and_rounds(tmp_path):
+    ds = D.ensure(tiny("hagen2d"), tmp_path)
+    p1 = ds.derived_npy(1)
+    p2 = ds.derived_npy(2, "uint16")
+    full = ds.load_npy()
+    assert np.array_equal(np.load(p1), full[:1])
+    rounded = np.load(p2)
+    assert rounded.dtype == np.uint16
+    assert np.array_equal(rounded, np.clip(np.rint(full), 0, 65535).astype(np.uint16))
+    assert ds.derived_npy(1) == p1
+    with pytest.raises(ValueError, match="slices"):
+        ds.derived_npy(5)
+
+
+# ------------------------------------------------------------------- drivers (numpy parts)
+def test_careamics_driver_args_and_reference_images():
+    import careamics_driver as CD
+
+    args = CD.parse_args(["--input", "x.npy", "--params", '{"max": {"threshold": 5}}',
+                          "--patch-size", "16,64,64", "--num-workers", "0"])
+    assert args.params["max"] == {"threshold": 5, "coverage": None}
+    assert args.params["meanstd"]["mean_threshold"] == 150.0
+    assert args.patch_size == [16, 64, 64] and args.num_workers == [0]
+    with pytest.raises(SystemExit):
+        CD.parse_args(["--input", "x.npy", "--phases", "nope"])
+    czyx = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    imgs = CD.ref_images(czyx, "CZYX", 1)
+    assert len(imgs) == 1 and np.array_equal(imgs[0], czyx[1])
+    syx = np.arange(3 * 4 * 5).reshape(3, 4, 5)
+    assert [im.shape for im in CD.ref_images(syx, "SYX", 0)] == [(4, 5)] * 3
+
+
+def test_peers_driver_block_mask_and_args():
+    import peers_driver as PD
+
+    w = np.full((2, 128, 128), 0.1, np.float32)
+    w[:, :64, :64] = 1.0
+    m = PD._block_mean_mask(w, (1, 64, 64))
+    assert m.shape == (2, 2, 2) and m.sum() == 2 and m[:, 0, 0].all()
+    args = PD.parse_args(["--input", "x.npy", "--axes", "CZYX"])
+    assert args.patch_size == [16, 64, 64] and args.peers == ["torchio", "monai"]
+    with pytest.raises(SystemExit):
+        PD.parse_args(["--input", "x.npy", "--peers", "albumentations"])

@@ -113,6 +113,7 @@ def test_ome_zarr_round_trip(tmp_path, request, write_ome_zarr, version, fixture
     vol = open_volume(path)
     assert isinstance(vol.data, da.Array)
     assert vol.dims == parse_axes(axes)
+    assert vol.name is None
     assert vol.dtype == data.dtype
     assert _storage_chunks(vol) == chunks
     np.testing.assert_array_equal(vol.values, data)
@@ -223,6 +224,7 @@ def test_channel_int_drops_c(tmp_path, write_ome_zarr, czyx_array):
 
 
 def test_channel_sequence_keeps_c(czyx_array):
+    assert open_volume(czyx_array, axes="CZYX", channel=np.array([1])).sizes["c"] == 1
     vol = open_volume(czyx_array, axes="CZYX", channel=[1, 0])
     assert vol.dims == ("c", "z", "y", "x")
     np.testing.assert_array_equal(vol.coords["c"], [1, 0])

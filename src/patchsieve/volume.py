@@ -640,7 +640,7 @@ def _to_dataarray(img: _Image) -> xr.DataArray:
     ndim = len(img.dims)
     scale = dict(zip(img.dims, img.scale or (1.0,) * ndim, strict=True))
     translation = dict(zip(img.dims, img.translation or (0.0,) * ndim, strict=True))
-    arr = xr.DataArray(img.data, dims=img.dims)
+    arr = xr.DataArray(img.data, dims=img.dims).rename(None)  # not dask's graph key
     order = [d for d in DIM_ORDER if d in img.dims]
     if list(img.dims) != order:
         arr = arr.transpose(*order)
@@ -678,6 +678,8 @@ def _select_channel(arr: xr.DataArray, channel: int | Sequence[int] | None) -> x
         )
     n = arr.sizes["c"]
     single = isinstance(channel, (int, np.integer)) and not isinstance(channel, bool)
+    if isinstance(channel, np.ndarray):
+        channel = channel.tolist()
     picks = [channel] if single else list(channel) if isinstance(channel, Sequence) else None
     if not picks or not all(
         isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < n for c in picks

@@ -22,6 +22,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from patchsieve.filters import _jit
+
 Border = Literal["careamics", "valid"]
 
 # Entropy via per-cell histograms when cells * value range stays below this many bins.
@@ -143,6 +145,25 @@ def region_max(
 
 
 # --------------------------------------------------------------------------- Max coverage
+def _prefix_suffix_max(xv: NDArray[np.floating], a: int):
+    """Running max forwards and backwards along axis ``a`` (vectorised over the others;
+    ``ufunc.accumulate`` along a strided axis is much slower)."""
+    pre = np.array(xv, copy=True)
+    suf = np.array(xv, copy=True)
+    p = xv.shape[a]
+    idx = [slice(None)] * xv.ndim
+
+    def at(i: int) -> tuple[slice | int, ...]:
+        idx[a] = i
+        return tuple(idx)
+
+    for i in range(1, p):
+        np.maximum(pre[at(i - 1)], pre[at(i)], out=pre[at(i)])
+    for i in range(p - 2, -1, -1):
+        np.maximum(suf[at(i + 1)], suf[at(i)], out=suf[at(i)])
+    return pre, suf
+
+
 def _clipped_max_profiles(x: NDArray[np.floating], axis: int, p: int) -> NDArray[np.floating]:
     """Per region along ``axis``: the size-``p`` max filter clipped to the ``2p`` region.
 
@@ -157,8 +178,7 @@ def _clipped_max_profiles(x: NDArray[np.floating], axis: int, p: int) -> NDArray
     c = shp[axis] // p
     xv = x.reshape(shp[:axis] + (c, p) + shp[axis + 1:])
     a = axis + 1  # within-cell axis
-    pre = np.maximum.accumulate(xv, axis=a)
-    suf = np.flip(np.maximum.accumulate(np.flip(xv, axis=a), axis=a), axis=a)
+    pre, suf = _prefix_suffix_max(xv, a)
 
     def take(arr: NDArray[np.floating], cells: slice, idx: slice) -> NDArray[np.floating]:
         sl = [slice(None)] * arr.ndim
@@ -199,6 +219,8 @@ def region_max_coverage(
     ``-inf`` (ignored by the max) and only in-image pixels are ranked.
     """
     nd = len(patch_size)
+    if border == "careamics" and _jit.AVAILABLE:
+        return _max_coverage_jit(slab, patch_size, n, coverage)
     fill = 0.0 if border == "careamics" else -np.inf
     f = padded_cells(slab, patch_size, n, fill)
     for ax, p in enumerate(patch_size):
@@ -225,6 +247,29 @@ def region_max_coverage(
     for idx in np.ndindex(*n):
         k = coverage_rank(coverage, int(cnt[idx]))
         out[(slice(None), *idx)] = srt[(slice(None), *idx, size - k)]
+    return out
+
+
+def _max_coverage_jit(
+    slab: NDArray[np.floating], patch_size: Sequence[int], n: Sequence[int], coverage: float
+) -> NDArray[np.float64]:
+    """numba path of :func:`region_max_coverage` (zero padding): the leading spatial axis
+    of 3D data is filtered with numpy, the last two by :func:`_jit.max_coverage_stack`."""
+    x = padded_cells(np.ascontiguousarray(slab, dtype=np.float32), patch_size, n, 0.0)
+    k = coverage_rank(coverage, _region_size(patch_size))
+    L = x.shape[0]
+    out = np.empty((L, *n), dtype=np.float64)
+    p1, p2 = patch_size[-2], patch_size[-1]
+    n1, n2 = n[-2], n[-1]
+    if len(patch_size) == 2:
+        for i in range(L):
+            _jit.max_coverage_stack(x[i][None], p1, p2, n1, n2, k, out[i])
+        return out
+    z = _clipped_max_profiles(x, 1, patch_size[0])  # (L, nz, 2p0, Y, X)
+    for i in range(L):
+        for gz in range(n[0]):
+            g = np.ascontiguousarray(z[i, gz])
+            _jit.max_coverage_stack(g, p1, p2, n1, n2, k, out[i, gz])
     return out
 
 
@@ -319,6 +364,32 @@ def _float_keys(x: NDArray[np.floating]) -> NDArray[np.uint32]:
 
 
 def _entropy_sort(slab, patch_size, n, border: Border):
+    if border == "careamics" and _jit.AVAILABLE:
+        return _entropy_jit(slab, patch_size, n)
+    return _entropy_sort_numpy(slab, patch_size, n, border)
+
+
+def _entropy_jit(slab, patch_size, n):
+    """numba path: count repeated values only (see :func:`_jit.entropy_sum_xlogx`)."""
+    nd = len(patch_size)
+    L = slab.shape[0]
+    kp = padded_cells(_float_keys(slab), patch_size, n, np.uint32(0))
+    if nd == 2:
+        kp = kp[:, None]
+        p0 = 1
+    else:
+        p0 = patch_size[0]
+    cells_shape = np.array([L, *(ni + 1 for ni in n)], dtype=np.int64)
+    n_shape = np.array([L, *n], dtype=np.int64)
+    size = _region_size(patch_size)
+    s = np.zeros(L * int(np.prod(n)), dtype=np.float64)
+    _jit.entropy_sum_xlogx(
+        kp, p0, patch_size[-2], patch_size[-1], cells_shape, n_shape, _xlogx_table(size), s
+    )
+    return _entropy_from_sum(s.reshape(L, *n), float(size))
+
+
+def _entropy_sort_numpy(slab, patch_size, n, border: Border):
     nd = len(patch_size)
     L = slab.shape[0]
     keys = _float_keys(slab)

@@ -1,0 +1,323 @@
+"""numba kernels for the hot region statistics (optional: numpy fallbacks in ``_kernels``).
+
+Compiled lazily on first use with ``cache=True`` (the cache lives next to this file, or
+in ``NUMBA_CACHE_DIR``). :data:`AVAILABLE` is False when numba cannot be imported; set
+``PATCHSIEVE_DISABLE_JIT=1`` to force the numpy kernels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+try:  # pragma: no cover - exercised through AVAILABLE
+    if os.environ.get("PATCHSIEVE_DISABLE_JIT", "") not in ("", "0"):
+        raise ImportError("disabled by PATCHSIEVE_DISABLE_JIT")
+    from numba import njit
+
+    AVAILABLE = True
+except ImportError as _err:  # pragma: no cover
+    logger.debug("numba unavailable (%s); using numpy kernels", _err)
+    AVAILABLE = False
+
+    def njit(*args, **kwargs):  # type: ignore[no-redef]
+        def deco(f):
+            return f
+
+        return deco
+
+
+_NBINS = 1024
+
+
+@njit(cache=True, nogil=True)
+def _cell_prefix_suffix_rows(g, p, pre, suf):  # pragma: no cover - compiled
+    """Prefix/suffix maxima along axis 1 of ``g`` (D, Y, X) within cells of ``p`` rows."""
+    D, Y, X = g.shape
+    for d in range(D):
+        for c0 in range(0, Y, p):
+            for x in range(X):
+                pre[d, c0, x] = g[d, c0, x]
+            for i in range(c0 + 1, c0 + p):
+                for x in range(X):
+                    a = pre[d, i - 1, x]
+                    b = g[d, i, x]
+                    pre[d, i, x] = a if a > b else b
+            last = c0 + p - 1
+            for x in range(X):
+                suf[d, last, x] = g[d, last, x]
+            for i in range(last - 1, c0 - 1, -1):
+                for x in range(X):
+                    a = suf[d, i + 1, x]
+                    b = g[d, i, x]
+                    suf[d, i, x] = a if a > b else b
+
+
+@njit(cache=True, nogil=True)
+def _select_kth_largest(f, k, bins, buf):  # pragma: no cover - compiled
+    """Exact k-th largest of ``f`` (1-based): 1024-bin histograms narrow the candidates
+    (a value's bin is a non-decreasing function of it, so the k-th largest lies in the bin
+    where the count from the top reaches ``k``), then a small sort finishes."""
+    src = f
+    n = f.shape[0]
+    r = k
+    while True:
+        lo = src[0]
+        hi = src[0]
+        for i in range(n):
+            v = src[i]
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+        if lo == hi:
+            return hi
+        if n <= 256:
+            part = np.sort(src[:n].copy())
+            return part[n - r]
+        counts = np.zeros(_NBINS, np.int64)
+        scale = np.float32((_NBINS - 1) / (np.float64(hi) - np.float64(lo)))
+        lo32 = np.float32(lo)
+        for i in range(n):
+            b = np.int32((src[i] - lo32) * scale)
+            b = b if b < _NBINS else _NBINS - 1
+            b = b if b > 0 else 0
+            bins[i] = b
+            counts[b] += 1
+        cum = 0
+        b = _NBINS - 1
+        while b > 0 and cum + counts[b] < r:
+            cum += counts[b]
+            b -= 1
+        r = r - cum  # rank from the top inside bin b
+        m = 0
+        for i in range(n):
+            if bins[i] == b:
+                buf[m] = src[i]
+                m += 1
+        if m == n:  # no progress possible with this binning (float rounding): sort
+            part = np.sort(src[:n].copy())
+            return part[n - r]
+        src = buf[:m].copy()
+        n = m
+
+
+@njit(cache=True, nogil=True)
+def _vmax(a, b, out):  # pragma: no cover - compiled
+    for x in range(out.shape[0]):
+        u = a[x]
+        v = b[x]
+        out[x] = u if u > v else v
+
+
+@njit(cache=True, nogil=True)
+def _clipped_profile(pa, sa, pb, sb, p, h, out):  # pragma: no cover - compiled
+    """One region's clipped size-``p`` max-filter profile (length 2p) along the last axis
+    from the prefix/suffix maxima of its two cells (each (..., p) 1D views here)."""
+    for j in range(h):
+        out[j] = pa[j + p - h - 1]
+    out[h] = sa[0]
+    for j in range(h + 1, p):
+        s = sa[j - h]
+        q = pb[j - h - 1]
+        out[j] = s if s > q else q
+    for j in range(h):
+        s = sa[p - h + j]
+        q = pb[p - h + j - 1]
+        out[p + j] = s if s > q else q
+    for j in range(p - h):
+        out[p + h + j] = sb[j]
+
+
+@njit(cache=True, nogil=True)
+def max_coverage_stack(g, p1, p2, n1, n2, k, out):  # pragma: no cover - compiled
+    """Max-coverage value of every region of a stack ``g`` (D, (n1+1)*p1, (n2+1)*p2).
+
+    ``D`` is the (already filtered) extent of the regions along a leading axis (1 in 2D).
+    Region ``(a, b)`` covers rows ``[a*p1, a*p1 + 2p1)`` and columns ``[b*p2, b*p2 + 2p2)``;
+    the size-``p`` max filter is clipped to the region (= scipy's reflect mode there) and
+    ``out[a, b]`` receives the ``k``-th largest filtered value.
+    """
+    D, Y, X = g.shape
+    h1 = p1 // 2
+    h2 = p2 // 2
+    R1 = 2 * p1
+    R2 = 2 * p2
+    pre = np.empty_like(g)
+    suf = np.empty_like(g)
+    _cell_prefix_suffix_rows(g, p1, pre, suf)
+    hrow = np.empty((D, R1, X), g.dtype)
+    hpre = np.empty((D, R1, X), g.dtype)
+    hsuf = np.empty((D, R1, X), g.dtype)
+    f = np.empty(D * R1 * R2, g.dtype)
+    bins = np.empty(D * R1 * R2, np.int32)
+    buf = np.empty(D * R1 * R2, g.dtype)
+    for a in range(n1):
+        r0 = a * p1
+        r1 = r0 + p1
+        for d in range(D):
+            # y pass: the clipped column max of each row of region row a
+            for i in range(h1):
+                hrow[d, i, :] = pre[d, r0 + i + p1 - h1 - 1, :]
+            hrow[d, h1, :] = suf[d, r0, :]
+            for i in range(h1 + 1, p1):
+                _vmax(suf[d, r0 + i - h1], pre[d, r1 + i - h1 - 1], hrow[d, i])
+            for j in range(h1):
+                _vmax(suf[d, r0 + p1 - h1 + j], pre[d, r1 + p1 - h1 + j - 1], hrow[d, p1 + j])
+            for j in range(p1 - h1):
+                hrow[d, p1 + h1 + j, :] = suf[d, r1 + j, :]
+            # x prefix/suffix within cells of p2 columns
+            for i in range(R1):
+                row = hrow[d, i]
+                hp = hpre[d, i]
+                hs = hsuf[d, i]
+                for c0 in range(0, X, p2):
+                    m = row[c0]
+                    for x in range(c0, c0 + p2):
+                        v = row[x]
+                        m = m if m > v else v
+                        hp[x] = m
+                    m = row[c0 + p2 - 1]
+                    for x in range(c0 + p2 - 1, c0 - 1, -1):
+                        v = row[x]
+                        m = m if m > v else v
+                        hs[x] = m
+        for b in range(n2):
+            c0 = b * p2
+            c1 = c0 + p2
+            t = 0
+            for d in range(D):
+                for i in range(R1):
+                    _clipped_profile(
+                        hpre[d, i, c0:c1], hsuf[d, i, c0:c1], hpre[d, i, c1:c1 + p2],
+                        hsuf[d, i, c1:c1 + p2], p2, h2, f[t:t + R2],
+                    )
+                    t += R2
+            out[a, b] = _select_kth_largest(f, k, bins, buf)
+
+
+@njit(cache=True, nogil=True)
+def _radix_sort_pairs(keys, vals):  # pragma: no cover - compiled
+    """Stable LSD radix sort of uint32 ``keys`` carrying int32 ``vals`` (3 x 11 bits)."""
+    n = keys.shape[0]
+    k2 = np.empty_like(keys)
+    v2 = np.empty_like(vals)
+    src_k, src_v, dst_k, dst_v = keys, vals, k2, v2
+    for shift in (0, 11, 22):
+        counts = np.zeros(2049, np.int64)
+        for i in range(n):
+            counts[((src_k[i] >> shift) & 2047) + 1] += 1
+        for b in range(1, 2049):
+            counts[b] += counts[b - 1]
+        for i in range(n):
+            b = (src_k[i] >> shift) & 2047
+            j = counts[b]
+            dst_k[j] = src_k[i]
+            dst_v[j] = src_v[i]
+            counts[b] = j + 1
+        src_k, src_v, dst_k, dst_v = dst_k, dst_v, src_k, src_v
+    return src_k, src_v
+
+
+_HASH_BITS = 22
+
+
+@njit(cache=True, nogil=True)
+def entropy_sum_xlogx(keys, p0, p1, p2, cells_shape, n_shape, table, out):  # pragma: no cover
+    """Per region: sum over distinct values of ``c * log2(c)`` (``c`` = count in region).
+
+    ``keys`` (L, Z, Y, X) holds uint32 value keys of the zero-padded slab (2D data: Z = 1,
+    ``p0`` = 1, ``cells_shape`` = (L, C1, C2)); ``cells_shape`` = (L, C0, C1[, C2]) and
+    ``n_shape`` = (L, n0, n1[, n2]), ``C = n + 1``. A value seen once in a region adds 0,
+    so a saturating hash count first drops keys that occur once in the whole slab; the
+    rest are radix-sorted and every run of equal keys is spread over the ``2**ndim``
+    regions containing each of its cells. ``out`` (flat, regions in C order) is added to.
+    """
+    L, Z, Y, X = keys.shape
+    nd = len(cells_shape) - 1
+    seen = np.zeros(1 << _HASH_BITS, np.uint8)
+    mult = np.uint64(2654435761)
+    sh = np.uint64(32 - _HASH_BITS)
+    mask32 = np.uint64(0xFFFFFFFF)
+    for l in range(L):
+        for z in range(Z):
+            for y in range(Y):
+                for x in range(X):
+                    h = ((np.uint64(keys[l, z, y, x]) * mult) & mask32) >> sh
+                    if seen[h] < 2:
+                        seen[h] += 1
+    m = 0
+    for l in range(L):
+        for z in range(Z):
+            for y in range(Y):
+                for x in range(X):
+                    h = ((np.uint64(keys[l, z, y, x]) * mult) & mask32) >> sh
+                    if seen[h] >= 2:
+                        m += 1
+    ck = np.empty(m, np.uint32)
+    cc = np.empty(m, np.int32)
+    C0 = cells_shape[1] if nd == 3 else 1
+    C1 = cells_shape[nd - 1]
+    C2 = cells_shape[nd]
+    t = 0
+    for l in range(L):
+        for z in range(Z):
+            for y in range(Y):
+                base = ((l * C0 + z // p0) * C1 + y // p1) * C2
+                for x in range(X):
+                    k = keys[l, z, y, x]
+                    h = ((np.uint64(k) * mult) & mask32) >> sh
+                    if seen[h] >= 2:
+                        ck[t] = k
+                        cc[t] = base + x // p2
+                        t += 1
+    sk, sc = _radix_sort_pairs(ck, cc)
+    n_regions = out.shape[0]
+    rc = np.zeros(n_regions, np.int64)
+    touched = np.empty(n_regions, np.int64)
+    cstr = np.ones(nd + 1, np.int64)
+    rstr = np.ones(nd + 1, np.int64)
+    for a in range(nd - 1, -1, -1):
+        cstr[a] = cstr[a + 1] * cells_shape[a + 1]
+        rstr[a] = rstr[a + 1] * n_shape[a + 1]
+    coord = np.zeros(nd + 1, np.int64)
+    s = 0
+    while s < m:
+        e = s + 1
+        while e < m and sk[e] == sk[s]:
+            e += 1
+        if e - s >= 2:
+            nt = 0
+            i = s
+            while i < e:
+                c = sc[i]
+                j = i + 1
+                while j < e and sc[j] == c:
+                    j += 1
+                cnt = j - i
+                rem = c
+                for a in range(nd + 1):
+                    coord[a] = rem // cstr[a]
+                    rem = rem % cstr[a]
+                for o in range(1 << nd):
+                    r = coord[0] * rstr[0]
+                    ok = True
+                    for a in range(nd):
+                        g = coord[a + 1] - ((o >> (nd - 1 - a)) & 1)
+                        if g < 0 or g >= n_shape[a + 1]:
+                            ok = False
+                            break
+                        r += g * rstr[a + 1]
+                    if ok:
+                        if rc[r] == 0:
+                            touched[nt] = r
+                            nt += 1
+                        rc[r] += cnt
+                i = j
+            for q in range(nt):
+                r = touched[q]
+                out[r] += table[rc[r]]
+                rc[r] = 0
+        s = e

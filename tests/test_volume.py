@@ -535,6 +535,12 @@ def test_unsupported_file_type(tmp_path, name):
         open_volume(tmp_path / name)
 
 
+def test_corrupt_tiff(tmp_path):
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff at all")
+    with pytest.raises(VolumeError, match=r"is not a readable TIFF"):
+        open_volume(tmp_path / "bad.tif", axes="YX")
+
+
 def test_unsupported_source_type():
     with pytest.raises(VolumeError, match=r"source of type list is not supported"):
         open_volume([[1, 2], [3, 4]])

@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ DIM_ORDER: tuple[str, ...] = ("s", "t", "c", "z", "y", "x")
 _CAREAMICS_LETTERS = "STCZYX"
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf2", ".tf8")
 _INDEX_DIMS = ("s", "c")
+_REOPEN_LOCK = threading.Lock()
 _SECRET_QUERY = re.compile(
     r"(key|secret|token|passw|pwd|signature|sig|credential|auth|session|x-amz-)", re.IGNORECASE
 )
@@ -430,7 +432,6 @@ class _TiffArray:
                 raise VolumeNotFoundError(
                     f"source={self.source!r} does not exist. Fix: check the path."
                 )
-            tif = tifffile.TiffFile(path)
             fileobj = None
         else:
             import fsspec
@@ -441,7 +442,13 @@ class _TiffArray:
                 raise VolumeNotFoundError(
                     f"source={strip_credentials(self.source)!r} does not exist."
                 ) from err
-            tif = tifffile.TiffFile(fileobj)
+        try:
+            tif = tifffile.TiffFile(path if fileobj is None else fileobj)
+        except (tifffile.TiffFileError, ValueError) as err:
+            raise VolumeError(
+                f"source={strip_credentials(self.source)!r} is not a readable TIFF ({err}). "
+                f"Fix: check the file or convert it to OME-Zarr."
+            ) from err
         store = tif.aszarr(series=0, level=0, read_only=True)
         arr = zarr.open_array(store, mode="r")
         self._arr, self._pid, self._handles = arr, os.getpid(), (tif, fileobj, store)
@@ -449,7 +456,9 @@ class _TiffArray:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if self._pid != os.getpid():
-            self._open()
+            with _REOPEN_LOCK:
+                if self._pid != os.getpid():
+                    self._open()
         return np.asarray(self._arr[key])
 
     def __getstate__(self) -> dict[str, Any]:

@@ -222,6 +222,8 @@ BAD = [
     ({"dataset": {"epoch_length": 10}}, "dataset", "with_replacement"),
     ({"source": {"path": "s3://b/x", "storage_options": {"secret": "hunter2"}}},
      "source.storage_options", "environment variable"),
+    ({"source": "s3://AKIAX:hunter2@bucket/v.zarr"}, "source.path", "remove them from the URL"),
+    ({"output": "s3://u:hunter2@bucket/o.zarr"}, "output", "user:password@"),
     ({"source": [{"path": "a.zarr"}, {"path": "b.zarr"}], "output": "out.zarr"}, "output",
      "{name}"),
     ({"ref_channel": 1, "filters": [{"name": "max", "threshold": 1, "ref_channel": 0}]},

@@ -167,6 +167,16 @@ def _check_no_literal_secrets(opts: Mapping[str, Any], where: str = "") -> None:
                 )
 
 
+def _check_url(url: str) -> None:
+    """Refuse ``scheme://user:password@host/...``: credentials belong in the environment."""
+    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError(
+            "the URL carries credentials (user:password@); specs must not contain secrets. "
+            "Fix: remove them from the URL and give them as ${ENV_VAR} storage_options or "
+            "through AWS_* environment variables / profile files."
+        )
+
+
 # ----------------------------------------------------------------------------- models
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -197,6 +207,13 @@ class SourceSpec(_Spec):
     @classmethod
     def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
         _check_no_literal_secrets(v)
+        return v
+
+    @field_validator("path", "output")
+    @classmethod
+    def _no_url_credentials(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_url(v)
         return v
 
     @property
@@ -371,6 +388,13 @@ class PipelineConfig(_Spec):
             normalize_patch_size(v)
         except ConfigError as err:
             raise ValueError(str(err)) from err
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _no_url_credentials(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_url(v)
         return v
 
     @field_validator("output_storage_options")
@@ -657,6 +681,10 @@ def _resolved_sources(cfg: PipelineConfig) -> list[dict[str, Any]]:
     for i, src in enumerate(cfg.sources):
         where = "source" if len(cfg.sources) == 1 else f"source.{i}"
         path = expand_env(src.path, f"{where}.path")
+        try:
+            _check_url(path)
+        except ValueError as err:
+            raise ConfigError(f"{where}.path (after ${{...}} expansion): {err}") from None
         output = src.output if src.output is not None else cfg.output
         if output is not None:
             output = expand_env(output, f"{where}.output").replace("{name}", src.stem)

@@ -39,7 +39,11 @@ def _image(rng, shape, kind):
 @pytest.mark.parametrize(("shape", "ps"), SHAPES_2D + SHAPES_3D)
 @pytest.mark.parametrize("kind", ["float", "int", "negative", "ties"])
 @pytest.mark.parametrize("border", ["careamics", "valid"])
-def test_region_values_match_oracle(oracle, rng, shape, ps, kind, border):
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "numpy"])
+def test_region_values_match_oracle(oracle, rng, shape, ps, kind, border, jit, monkeypatch):
+    if jit and not _jit.AVAILABLE:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(_jit, "AVAILABLE", jit)
     img = _image(rng, shape, kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PatchsieveWarning)
@@ -92,16 +96,25 @@ def test_jit_kernels_equal_numpy_kernels(h, w, p1, p2, levels, seed, cov):
     np.testing.assert_array_equal(got, _numpy_max(x, ps, n, cov))
     np.testing.assert_allclose(K._entropy_jit(x, ps, n),
                                K._entropy_sort_numpy(x, ps, n, "careamics"), rtol=1e-12)
+    for border in ("careamics", "valid"):
+        a = K._mean_std_jit(x, ps, n, border)
+        b = _numpy_call(K.region_mean_std, x, ps, n, border)
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
+def _numpy_call(fn, *args):
+    """Call a kernel with the numba paths switched off."""
+    old = _jit.AVAILABLE
+    _jit.AVAILABLE = False
+    try:
+        return fn(*args)
+    finally:
+        _jit.AVAILABLE = old
 
 
 def _numpy_max(x, ps, n, cov):
     """The numpy (non-JIT) Max kernel."""
-    old = _jit.AVAILABLE
-    _jit.AVAILABLE = False
-    try:
-        return K.region_max_coverage(x, ps, n, cov)
-    finally:
-        _jit.AVAILABLE = old
+    return _numpy_call(K.region_max_coverage, x, ps, n, cov)
 
 
 def test_integer_histogram_and_sort_paths_agree(rng):
@@ -119,3 +132,15 @@ def test_float_entropy_warns_b5(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error", PatchsieveWarning)
         ShannonPatchFilter.filter_map(np.rint(img), (64, 64))
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "numpy"])
+def test_patch_size_one_valid_border_empty_region_is_zero(jit, monkeypatch):
+    monkeypatch.setattr(_jit, "AVAILABLE", jit and _jit.AVAILABLE)
+    img = np.arange(12, dtype=np.float32).reshape(3, 4) + 1
+    for border in ("careamics", "valid"):
+        ms = MeanStdPatchFilter.region_values(img, (1, 1), border=border)
+        assert ms.shape == (2, 4, 5) and np.isfinite(ms).all()
+        assert ms[0, 3, 4] == 0.0  # the region starting past the image end
+        assert MaxPatchFilter.region_values(img, (1, 1), border=border)[3, 4] == 0.0
+        assert ShannonPatchFilter.region_values(img, (1, 1), border=border)[3, 4] == 0.0

@@ -321,3 +321,44 @@ def entropy_sum_xlogx(keys, p0, p1, p2, cells_shape, n_shape, table, out):  # pr
                 out[r] += table[rc[r]]
                 rc[r] = 0
         s = e
+
+
+@njit(cache=True, nogil=True)
+def cell_moments(x, p0, p1, p2, C0, C1, C2, careamics, n_out, s_out, m2_out):  # pragma: no cover
+    """Per cell of ``x`` (L, Z, Y, X) float32: pixel count, sum and sum of squared
+    deviations from the cell mean (two passes in float64, cell data stays in cache).
+
+    Cells of ``p0*p1*p2`` pixels tile ``(C0*p0, C1*p1, C2*p2)``; pixels beyond ``x`` are
+    zero padding (``careamics`` True: counted as zeros) or ignored (False).
+    """
+    L, Z, Y, X = x.shape
+    full = p0 * p1 * p2
+    for l in range(L):
+        for a in range(C0):
+            z0 = a * p0
+            z1 = min(z0 + p0, Z)
+            for b in range(C1):
+                y0 = b * p1
+                y1 = min(y0 + p1, Y)
+                for c in range(C2):
+                    x0 = c * p2
+                    x1 = min(x0 + p2, X)
+                    n = max(z1 - z0, 0) * max(y1 - y0, 0) * max(x1 - x0, 0)
+                    s = 0.0
+                    for z in range(z0, z1):
+                        for y in range(y0, y1):
+                            for xx in range(x0, x1):
+                                s += x[l, z, y, xx]
+                    cnt = full if careamics else n
+                    m = s / cnt if cnt > 0 else 0.0
+                    m2 = 0.0
+                    for z in range(z0, z1):
+                        for y in range(y0, y1):
+                            for xx in range(x0, x1):
+                                d = x[l, z, y, xx] - m
+                                m2 += d * d
+                    if careamics:
+                        m2 += (full - n) * m * m
+                    n_out[l, a, b, c] = cnt
+                    s_out[l, a, b, c] = s
+                    m2_out[l, a, b, c] = m2

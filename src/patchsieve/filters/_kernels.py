@@ -104,8 +104,11 @@ def region_mean_std(
     n: Sequence[int],
     border: Border = "careamics",
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Mean and (population) std of every region, from per-cell shifted sums in float64."""
-    shift = float(slab.mean(dtype=np.float64)) if slab.size else 0.0
+    """Mean and (population) std of every region, from per-cell sums in float64."""
+    if _jit.AVAILABLE:
+        return _mean_std_jit(slab, patch_size, n, border)
+    # shift by a float32-representable centre: cancellation-safe, and exact padding in "valid"
+    shift = float(np.float32(slab.mean(dtype=np.float64))) if slab.size else 0.0
     fill = 0.0 if border == "careamics" else shift
     x = padded_cells(slab, patch_size, n, fill).astype(np.float64)
     x -= shift
@@ -115,9 +118,44 @@ def region_mean_std(
     np.square(x, out=x)
     s2 = _combine_cells(_cell_view(x, patch_size).sum(axis=red_axes))
     cnt = _counts(slab, patch_size, n, border)
-    m = s1 / cnt
-    var = np.maximum(s2 / cnt - m * m, 0.0)
-    return m + shift, np.sqrt(var)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = s1 / cnt
+        var = np.maximum(s2 / cnt - m * m, 0.0)
+    empty = np.asarray(cnt) == 0  # "valid" regions without in-image pixels (patch 1) -> 0
+    return np.where(empty, 0.0, m + shift), np.where(empty, 0.0, np.sqrt(var))
+
+
+def _mean_std_jit(slab, patch_size, n, border: Border):
+    """Per-cell count/sum/M2 (numba, deterministic per cell whatever the chunking), then
+    Chan et al.'s pairwise combination of the ``2**ndim`` cells of each region."""
+    x = np.ascontiguousarray(slab, dtype=np.float32)
+    nd = len(patch_size)
+    if nd == 2:
+        x = x[:, None]
+        ps3 = (1, *patch_size)
+        cshape = (1, *(ni + 1 for ni in n))
+    else:
+        ps3 = tuple(patch_size)
+        cshape = tuple(ni + 1 for ni in n)
+    shape = (x.shape[0], *cshape)
+    cnt = np.empty(shape)
+    s = np.empty(shape)
+    m2 = np.empty(shape)
+    _jit.cell_moments(x, *ps3, *cshape, border == "careamics", cnt, s, m2)
+    if nd == 2:
+        cnt, s, m2 = cnt[:, 0], s[:, 0], m2[:, 0]
+    n_r = _combine_cells(cnt)
+    s_r = _combine_cells(s)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s_r / n_r
+        cm = np.where(cnt > 0, s / np.where(cnt > 0, cnt, 1), 0.0)
+        m2_r = _combine_cells(m2)
+        for o in np.ndindex(*(2,) * nd):
+            sl = (slice(None), *(slice(oi, oi + ni) for oi, ni in zip(o, n)))
+            m2_r = m2_r + cnt[sl] * (cm[sl] - mean) ** 2
+        std = np.sqrt(np.maximum(m2_r / n_r, 0.0))
+    empty = n_r == 0  # "valid" regions without in-image pixels (patch 1) -> 0
+    return np.where(empty, 0.0, mean), np.where(empty, 0.0, std)
 
 
 def region_count_nonzero(
@@ -130,7 +168,7 @@ def region_count_nonzero(
     nz = padded_cells(slab != 0, patch_size, n, False)
     red_axes = tuple(range(2, 2 * len(patch_size) + 1, 2))
     c = _cell_view(nz, patch_size).sum(axis=red_axes, dtype=np.int64)
-    return _combine_cells(c).astype(np.float64) / _counts(slab, patch_size, n, border)
+    return _combine_cells(c).astype(np.float64) / np.maximum(_counts(slab, patch_size, n, border), 1)
 
 
 def region_max(
@@ -245,6 +283,9 @@ def region_max_coverage(
     out = np.empty((L, *n), dtype=np.float64)
     srt = np.sort(f, axis=-1)
     for idx in np.ndindex(*n):
+        if cnt[idx] == 0:  # no in-image pixel (patch size 1 at the end)
+            out[(slice(None), *idx)] = 0.0
+            continue
         k = coverage_rank(coverage, int(cnt[idx]))
         out[(slice(None), *idx)] = srt[(slice(None), *idx, size - k)]
     return out
@@ -295,7 +336,8 @@ def _xlogx_table(nmax: int) -> NDArray[np.float64]:
 
 
 def _entropy_from_sum(sum_clogc: NDArray[np.float64], cnt: NDArray[np.float64] | float):
-    return np.log2(cnt) - sum_clogc / cnt
+    c = np.maximum(cnt, 1)  # a region without pixels ("valid", patch 1) has entropy 0
+    return np.log2(c) - sum_clogc / c
 
 
 def is_integer_valued(x: NDArray[np.floating]) -> bool:

@@ -689,8 +689,7 @@ def _fill(writer: _Writer, client: Any, volume: Any, geom: Mapping[str, Any],
                 for s, v in zip(todo_stats, values):
                     arrays[s][sl] = v
                 pending[idx] = values
-                if len(pending) >= 64:
-                    _flush_markers(marker, done, pending, lock)
+                _maybe_flush(marker, done, pending, lock)
 
             _run_blocks(client, plan.stat_blocks, todo, on_stat, p,
                         "region statistics")
@@ -726,6 +725,19 @@ def _stack_object_blocks(blocks: list[Any]) -> Any:
 
     flat = [b.reshape((1,)) for b in blocks]
     return da.concatenate(flat, axis=0)
+
+
+_FLUSH_EVERY_S = 1.0
+_last_flush = [0.0]
+
+
+def _maybe_flush(marker: zarr.Array, done: np.ndarray, pending: dict[tuple[int, ...], Any],
+                 lock: _sc.SidecarLock) -> None:
+    """Write markers every 64 blocks or once a second, whichever comes first."""
+    now = time.monotonic()
+    if len(pending) >= 64 or now - _last_flush[0] >= _FLUSH_EVERY_S:
+        _flush_markers(marker, done, pending, lock)
+        _last_flush[0] = now
 
 
 def _flush_markers(marker: zarr.Array, done: np.ndarray, pending: dict[tuple[int, ...], Any],
@@ -765,8 +777,7 @@ def _fill_cells(writer: _Writer, client: Any, plan: _Plan, geom: Mapping[str, An
         arr_sum[sl] = partial[0]
         arr_sq[sl] = partial[1]
         pending[idx] = True
-        if len(pending) >= 64:
-            _flush_markers(marker, done, pending, lock)
+        _maybe_flush(marker, done, pending, lock)
 
     _run_blocks(client, plan.cell_blocks, todo, on_cell, p,
                 "normalisation partials")

@@ -271,24 +271,28 @@ def cut_from_decoded(array_path: str | os.PathLike, patch: Sequence[int], n: int
 # ----------------------------------------------------------------------------- main
 def _read_section(datasets, args) -> tuple[list[dict], list[dict]]:
     rows, summary = [], []
+    # threaded first, before any worker process exists (their RSS would count as children)
+    thr = {ds.spec.name: dask_read(ds.array_path, "threads", repeat=args.repeat)
+           for ds in datasets}
     cluster, client = local_cluster(2, 1)
     try:
-        for ds in datasets:
-            thr = dask_read(ds.array_path, "threads", repeat=args.repeat)
-            dist = dask_read(ds.array_path, "distributed", repeat=args.repeat, client=client)
-            for r in (thr, dist):
-                r["scheduler"] = ("threads" if r is thr else "LocalCluster 2 procs x 1 thread")
-                rows.append({"dataset": ds.spec.name, **r})
-            summary.append(H.summary_row(
-                f"dask read+sum {ds.spec.name} ({ds.spec.nbytes / 2**30:.2f} GiB), threads",
-                thr["MBps"], "MB/s", note=f"peak RSS {thr['peak_rss_mib']:.0f} MiB"))
-            summary.append(H.summary_row(
-                f"dask read+sum {ds.spec.name}, LocalCluster 2 procs", dist["MBps"], "MB/s",
-                baseline="threads", baseline_value=thr["MBps"],
-                note=f"peak RSS client+workers {dist['peak_rss_mib']:.0f} MiB"))
+        dist = {ds.spec.name: dask_read(ds.array_path, "distributed", repeat=args.repeat,
+                                        client=client) for ds in datasets}
     finally:
         client.close()
         cluster.close()
+    for ds in datasets:
+        t, d = thr[ds.spec.name], dist[ds.spec.name]
+        rows.append({"dataset": ds.spec.name, **t, "scheduler": "threads"})
+        rows.append({"dataset": ds.spec.name, **d,
+                     "scheduler": "LocalCluster 2 procs x 1 thread"})
+        summary.append(H.summary_row(
+            f"dask read+sum {ds.spec.name} ({ds.spec.nbytes / 2**30:.2f} GiB), threads",
+            t["MBps"], "MB/s", note=f"peak RSS {t['peak_rss_mib']:.0f} MiB"))
+        summary.append(H.summary_row(
+            f"dask read+sum {ds.spec.name}, LocalCluster 2 procs", d["MBps"], "MB/s",
+            baseline="threads", baseline_value=t["MBps"],
+            note=f"peak RSS client+workers {d['peak_rss_mib']:.0f} MiB"))
     return rows, summary
 
 

@@ -25,6 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -457,30 +458,6 @@ def _block_slices(idx: Sequence[int], chunks: Sequence[int], shape: Sequence[int
     return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, chunks, shape))
 
 
-def _run_blocks(client: Any, collection: Any, todo: list[tuple[int, ...]],
-                on_result: Callable[[tuple[int, ...], Any], None], progress: Any,
-                label: str) -> None:
-    """Compute the culled graph for block indices ``todo`` of ``collection`` on ``client``."""
-    from distributed import as_completed
-
-    if not todo:
-        return
-    name = collection.name
-    keys = [(name, *idx) for idx in todo]
-    graph = collection.__dask_graph__()
-    culled = graph.cull(set(keys))
-    futures = client.get(dict(culled), keys, sync=False)
-    by_key = {f.key: k for f, k in zip(futures, todo)}
-    task = progress.add_task(label, total=len(todo)) if progress is not None else None
-    with client.as_current():
-        for fut in as_completed(futures):
-            result = fut.result()
-            on_result(by_key[fut.key], result.flat[0])
-            fut.release()
-            if progress is not None:
-                progress.advance(task)
-
-
 def compute(
     source: Any,
     filters: Any,
@@ -660,64 +637,111 @@ def _jsonable(x: Any) -> Any:
 def _fill(writer: _Writer, client: Any, volume: Any, geom: Mapping[str, Any],
           configs: Mapping[str, Any], meta: dict[str, Any], border: str, seed: int,
           storage_options: Mapping[str, Any] | None, progress: bool, lock: _sc.SidecarLock) -> None:
-    """Compute the missing region-stat blocks, cell blocks and the percentile sample."""
+    """Compute the missing region-stat blocks, cell blocks and the percentile sample.
+
+    All three are submitted as one graph so each source chunk is read once.
+    """
     stats = list(meta["stats"])
     status = dict(meta.get("status", {}))
     todo_stats = [s for s in stats if status.get(f"stats/{s}") != "complete"]
     need_cells = status.get("cells") != "complete"
-    if not todo_stats and not need_cells and status.get("percentiles") == "complete":
+    need_pct = status.get("percentiles") != "complete"
+    if not todo_stats and not need_cells and not need_pct:
         return
     plan = _Plan(volume, geom, todo_stats or stats[:1], configs, border, seed, storage_options)
+    jobs: list[_Job] = []
+    if todo_stats:
+        jobs.append(_stats_job(writer, plan, geom, todo_stats, lock))
+    if need_cells:
+        jobs.append(_cells_job(writer, plan, geom, lock))
+    samples: list[np.ndarray] = []
+    if need_pct and plan.pct_blocks:
+        jobs.append(_Job("percentile sample", _stack_object_blocks(plan.pct_blocks),
+                         [(i,) for i in range(len(plan.pct_blocks))],
+                         lambda idx, v: samples.append(v), lambda: None))
+    with _progress_bar(progress) as p:
+        _run_jobs(client, jobs, p)
+    if todo_stats:
+        for s in todo_stats:
+            status[f"stats/{s}"] = "complete"
+    if need_cells:
+        status["cells"] = "complete"
+    if need_pct:
+        allv = np.concatenate(samples, axis=1) if samples else np.zeros((geom["n_channels"], 0))
+        pct = {f"p{q:g}": [float(np.percentile(c, q)) if c.size else float("nan") for c in allv]
+               for q in PERCENTILES}
+        meta["percentiles"] = {**pct, "n_sampled_chunks": len(plan.pct_blocks),
+                               "values_per_chunk": PERCENTILE_VALUES_PER_CHUNK,
+                               "sampled_chunks": plan.pct_picks, "seed": int(seed)}
+        status["percentiles"] = "complete"
+    meta["status"] = status
+    writer.set_meta(meta)
+
+
+@dataclass
+class _Job:
+    label: str
+    collection: Any
+    todo: list[tuple[int, ...]]
+    on_result: Callable[[tuple[int, ...], Any], None]
+    finish: Callable[[], None]
+
+
+def _stats_job(writer: _Writer, plan: _Plan, geom: Mapping[str, Any], todo_stats: list[str],
+               lock: _sc.SidecarLock) -> _Job:
     region_shape = [*geom["sample_shape"], *geom["grid_shape"]]
-    bar = _progress_bar(progress)
-    with bar as p:
-        if todo_stats:
-            arrays = {s: writer.array(f"stats/{s}", region_shape, plan.stat_chunks, "float64",
-                                      fill_value=np.nan) for s in todo_stats}
-            # marker per block per stat-set (one marker array keyed by the stat set)
-            mkey = "progress/stats_" + _sc.canonical_hash(sorted(todo_stats))[:8]
-            marker = writer.array(mkey, plan.stat_numblocks, [max(1, n) for n in plan.stat_numblocks],
-                                  "uint8")
-            done = np.asarray(marker[...])
-            todo = [tuple(int(i) for i in idx) for idx in np.argwhere(done == 0)]
-            logger.info("region statistics %s: %d of %d blocks to compute", todo_stats, len(todo),
-                        done.size)
-            pending: dict[tuple[int, ...], tuple[np.ndarray, ...]] = {}
+    arrays = {s: writer.array(f"stats/{s}", region_shape, plan.stat_chunks, "float64",
+                              fill_value=np.nan) for s in todo_stats}
+    # one marker array per set of stats computed together
+    mkey = "progress/stats_" + _sc.canonical_hash(sorted(todo_stats))[:8]
+    marker = writer.array(mkey, plan.stat_numblocks, [max(1, n) for n in plan.stat_numblocks],
+                          "uint8")
+    done = np.asarray(marker[...])
+    todo = [tuple(int(i) for i in idx) for idx in np.argwhere(done == 0)]
+    logger.info("region statistics %s: %d of %d blocks to compute", todo_stats, len(todo),
+                done.size)
+    pending: dict[tuple[int, ...], Any] = {}
 
-            def on_stat(idx: tuple[int, ...], values: tuple[np.ndarray, ...]) -> None:
-                sl = _block_slices(idx, plan.stat_chunks, region_shape)
-                for s, v in zip(todo_stats, values):
-                    arrays[s][sl] = v
-                pending[idx] = values
-                _maybe_flush(marker, done, pending, lock)
+    def on_stat(idx: tuple[int, ...], values: tuple[np.ndarray, ...]) -> None:
+        sl = _block_slices(idx, plan.stat_chunks, region_shape)
+        for s, v in zip(todo_stats, values):
+            arrays[s][sl] = v
+        pending[idx] = True
+        _maybe_flush(marker, done, pending, lock)
 
-            _run_blocks(client, plan.stat_blocks, todo, on_stat, p,
-                        "region statistics")
-            _flush_markers(marker, done, pending, lock)
-            for s in todo_stats:
-                status[f"stats/{s}"] = "complete"
-            meta["status"] = status
-            writer.set_meta(meta)
-        if need_cells:
-            _fill_cells(writer, client, plan, geom, p, lock)
-            status["cells"] = "complete"
-            meta["status"] = status
-            writer.set_meta(meta)
-        if status.get("percentiles") != "complete":
-            samples: list[np.ndarray] = []
-            if plan.pct_blocks:
-                _run_blocks(client, _stack_object_blocks(plan.pct_blocks),
-                            [(i,) for i in range(len(plan.pct_blocks))],
-                            lambda idx, v: samples.append(v), p, "percentile sample")
-            allv = np.concatenate(samples, axis=1) if samples else np.zeros((geom["n_channels"], 0))
-            pct = {f"p{q:g}": [float(np.percentile(c, q)) if c.size else float("nan") for c in allv]
-                   for q in PERCENTILES}
-            meta["percentiles"] = {**pct, "n_sampled_chunks": len(plan.pct_blocks),
-                                   "values_per_chunk": PERCENTILE_VALUES_PER_CHUNK,
-                                   "sampled_chunks": plan.pct_picks, "seed": int(seed)}
-            status["percentiles"] = "complete"
-            meta["status"] = status
-            writer.set_meta(meta)
+    return _Job("region statistics", plan.stat_blocks, todo, on_stat,
+                lambda: _flush_markers(marker, done, pending, lock))
+
+
+def _run_jobs(client: Any, jobs: list[_Job], progress: Any) -> None:
+    """Submit the culled union graph of all jobs' missing blocks; hand results back by job."""
+    from distributed import as_completed
+
+    jobs = [j for j in jobs if j.todo]
+    if not jobs:
+        return
+    graph: dict[Any, Any] = {}
+    keys: list[Any] = []
+    owner: dict[Any, tuple[_Job, tuple[int, ...]]] = {}
+    tasks = {}
+    for job in jobs:
+        jkeys = [(job.collection.name, *idx) for idx in job.todo]
+        graph.update(dict(job.collection.__dask_graph__().cull(set(jkeys))))
+        keys += jkeys
+        owner.update({k: (job, idx) for k, idx in zip(jkeys, job.todo)})
+        if progress is not None:
+            tasks[job.label] = progress.add_task(job.label, total=len(job.todo))
+    futures = client.get(graph, keys, sync=False)
+    with client.as_current():
+        for fut in as_completed(futures):
+            result = fut.result()
+            job, idx = owner[fut.key]
+            job.on_result(idx, result.flat[0])
+            fut.release()
+            if progress is not None:
+                progress.advance(tasks[job.label])
+    for job in jobs:
+        job.finish()
 
 
 def _stack_object_blocks(blocks: list[Any]) -> Any:
@@ -751,8 +775,8 @@ def _flush_markers(marker: zarr.Array, done: np.ndarray, pending: dict[tuple[int
     lock.heartbeat()
 
 
-def _fill_cells(writer: _Writer, client: Any, plan: _Plan, geom: Mapping[str, Any], p: Any,
-                lock: _sc.SidecarLock) -> None:
+def _cells_job(writer: _Writer, plan: _Plan, geom: Mapping[str, Any],
+               lock: _sc.SidecarLock) -> _Job:
     n_c = geom["n_channels"]
     cshape = [n_c, *geom["sample_shape"], *geom["cell_shape"]]
     cchunks = [n_c, *plan.cell_chunks]
@@ -779,9 +803,8 @@ def _fill_cells(writer: _Writer, client: Any, plan: _Plan, geom: Mapping[str, An
         pending[idx] = True
         _maybe_flush(marker, done, pending, lock)
 
-    _run_blocks(client, plan.cell_blocks, todo, on_cell, p,
-                "normalisation partials")
-    _flush_markers(marker, done, pending, lock)
+    return _Job("normalisation partials", plan.cell_blocks, todo, on_cell,
+                lambda: _flush_markers(marker, done, pending, lock))
 
 
 class _NullBar:

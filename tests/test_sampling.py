@@ -372,7 +372,7 @@ def test_execution_order_groups_chunks_within_windows():
 
 
 def test_worker_positions_follow_dataloader_round_robin():
-    for sizes, bs in [([10, 9], 4), ([5, 5, 4], 2), ([7], 3), ([3, 3], 5)]:
+    for sizes, bs in [([10, 9], 4), ([5, 5, 4], 2), ([7], 3), ([3, 3], 5), ([2, 9], 2), ([0, 4], 3)]:
         batches = []  # simulate in-order delivery: batch t from worker t % W while it has data
         fed = [0] * len(sizes)
         w = 0

@@ -646,22 +646,33 @@ def execution_order(chunk_keys: ArrayLike, window: int) -> NDArray[np.int64]:
 
 
 def worker_positions_from_batches(
-    n_batches: int, shard_sizes: Sequence[int], batch_size: int
+    n_batches: int, shard_sizes: Sequence[int], batch_size: int, *, drop_last: bool = False
 ) -> list[int]:
     """Patches consumed per worker after ``n_batches`` in-order DataLoader batches.
 
-    A DataLoader over an IterableDataset with ``W`` workers delivers batch ``t`` from worker
-    ``t % W`` while every worker has data; the interleaved shards (sizes differing by at most
-    one, larger first) keep that true to the end of the epoch.
+    A DataLoader over an IterableDataset delivers batches round-robin over its workers, skipping
+    a worker once it has run out (``torch.utils.data.dataloader``: tasks go to active workers in
+    turn and come back in task order). Each worker batches its own shard, so worker ``w`` has
+    ``ceil(size_w / batch_size)`` batches (``floor`` with ``drop_last``).
 
     Examples
     --------
     >>> worker_positions_from_batches(3, [10, 9], 4)
     [8, 4]
+    >>> worker_positions_from_batches(5, [2, 9], 2)
+    [2, 8]
     """
-    nw = len(shard_sizes)
-    out = []
-    for w, size in enumerate(shard_sizes):
-        nb = (n_batches - w + nw - 1) // nw if n_batches > w else 0
-        out.append(int(min(nb * batch_size, size)))
-    return out
+    sizes = np.asarray(shard_sizes, dtype=np.int64)
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size must be positive; got {batch_size}.")
+    nb = sizes // batch_size if drop_last else -(-sizes // batch_size)
+    n_batches = int(min(max(n_batches, 0), int(nb.sum())))
+    # after r full rounds every worker w has delivered min(nb_w, r) batches
+    rounds = np.arange(int(nb.max(initial=0)) + 1)
+    delivered = np.minimum(nb[None, :], rounds[:, None]).sum(axis=1)
+    r = int(np.searchsorted(delivered, n_batches, side="right") - 1)
+    got = np.minimum(nb, r)
+    extra = n_batches - int(delivered[r])
+    active = np.flatnonzero(nb > r)[:extra]
+    got[active] += 1
+    return [int(x) for x in np.minimum(got * batch_size, sizes)]

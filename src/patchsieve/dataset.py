@@ -1,0 +1,920 @@
+"""``PatchDataset``: weighted, chunk-aware, sharded, resumable patch streaming for torch.
+
+The dataset draws one plan per epoch from a completed side-car (:mod:`patchsieve.sampling`),
+splits it between DDP ranks and DataLoader workers, and streams the patches from the source
+store (local or fsspec): each worker re-opens the store lazily, decodes every storage chunk once
+into a bounded LRU cache and cuts many patches from it. Neither the volume nor a per-voxel
+weight map is ever held in memory.
+
+Use ``multiprocessing_context="spawn"`` (recommended; works everywhere, incl. CUDA and S3) or
+``"fork"`` (fastest start): stores are opened per process and dropped when pickled.
+
+Example
+-------
+::
+
+    ds = PatchDataset("img.ome.zarr", patch_size=(64, 64),
+                      patch_filter_config=ShannonPatchFilterConfig(threshold=7.5))
+    loader = ds.loader(batch_size=32, num_workers=2, multiprocessing_context="spawn",
+                       persistent_workers=True)
+    for epoch in range(10):
+        for batch in loader:   # the loader advances the epoch itself (or call ds.set_epoch)
+            ...
+        state = loader.state_dict()   # exact mid-epoch resume with loader.load_state_dict
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from patchsieve.errors import (
+    ConfigError,
+    SidecarIncompleteError,
+    SidecarMismatchError,
+)
+from patchsieve.sampling import (
+    MODES,
+    StratifiedPatching,
+    execution_order,
+    shard_positions,
+    worker_positions_from_batches,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PatchDataset", "PatchLoader"]
+
+MAX_WORKERS = 64
+_STAT_FIELDS = 4  # patches, cache hits, cache misses, decoded bytes read
+
+
+# --------------------------------------------------------------------------- chunk reader
+class _ChunkReader:
+    """Reads patches from a zarr (or numpy) array through an LRU cache of decoded chunks.
+
+    The zarr array is opened lazily in the process that reads and re-opened when the process
+    id changes (fork); pickling drops the handle and the cache (spawn).
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        array_path: str,
+        storage_options: Mapping[str, Any] | None,
+        shape: Sequence[int],
+        chunks: Sequence[int] | None,
+        cache_bytes: int,
+        array: np.ndarray | None = None,
+        dims: Sequence[str] = (),
+    ):
+        self.url, self.array_path, self.dims = url, array_path, tuple(dims)
+        self.storage_options = dict(storage_options or {})
+        self.shape = tuple(int(n) for n in shape)
+        self._chunks = tuple(int(c) for c in chunks) if chunks else None
+        self.cache_bytes = int(cache_bytes)
+        self._numpy = array
+        self._arr: Any = None
+        self._pid: int | None = None
+        self._cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._cached = 0
+        self.hits = self.misses = self.bytes_read = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_arr=None, _pid=None, _cache=OrderedDict(), _cached=0)
+        return state
+
+    def array(self) -> Any:
+        if self._numpy is not None:
+            return self._numpy
+        if self._arr is None or self._pid != os.getpid():
+            from patchsieve.volume import open_zarr_array
+
+            self._arr = open_zarr_array(
+                self.url, self.array_path, storage_options=self.storage_options
+            )
+            self._pid = os.getpid()
+            self._cache.clear()
+            self._cached = 0
+            if tuple(self._arr.shape) != self.shape:
+                raise SidecarMismatchError(
+                    f"array {self.array_path!r} of {self.url!r} has shape {self._arr.shape}; the "
+                    f"side-car describes {self.shape}. Fix: pass the side-car of this source."
+                )
+        return self._arr
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        if self._chunks is None:
+            self._chunks = tuple(int(c) for c in self.array().chunks)
+        return self._chunks
+
+    def _chunk(self, key: tuple[int, ...]) -> np.ndarray:
+        block = self._cache.get(key)
+        if block is not None:
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return block
+        self.misses += 1
+        sl = tuple(
+            slice(k * c, min((k + 1) * c, n))
+            for k, c, n in zip(key, self.chunks, self.shape, strict=True)
+        )
+        block = np.asarray(self.array()[sl])
+        self.bytes_read += block.nbytes
+        if block.nbytes <= self.cache_bytes:
+            self._cache[key] = block
+            self._cached += block.nbytes
+            while self._cached > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= old.nbytes
+        return block
+
+    def read(
+        self, lo: Sequence[int], hi: Sequence[int], dtype: np.dtype | None = None
+    ) -> np.ndarray:
+        """The box ``[lo, hi)`` (all dims), assembled from cached chunks."""
+        if self._numpy is not None:  # in-memory source: plain slicing
+            return np.array(self._numpy[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))])
+        self.array()
+        ch = self.chunks
+        out = np.empty(
+            tuple(h - lo_ for lo_, h in zip(lo, hi, strict=True)), dtype=dtype or self.array().dtype
+        )
+        c0 = [a // c for a, c in zip(lo, ch, strict=True)]
+        c1 = [(b - 1) // c for b, c in zip(hi, ch, strict=True)]
+        for key in np.ndindex(*[e - s + 1 for s, e in zip(c0, c1, strict=True)]):
+            k = tuple(s + i for s, i in zip(c0, key, strict=True))
+            block = self._chunk(k)
+            src, dst = [], []
+            for d, kk in enumerate(k):
+                start = kk * ch[d]
+                a, b = max(lo[d], start), min(hi[d], start + block.shape[d])
+                src.append(slice(a - start, b - start))
+                dst.append(slice(a - lo[d], b - lo[d]))
+            out[tuple(dst)] = block[tuple(src)]
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+def _same_location(a: str, b: str) -> bool:
+    from patchsieve.volume import strip_credentials
+
+    def norm(x: str) -> str:
+        x = strip_credentials(str(x)).rstrip("/")
+        if x.startswith("file://"):
+            x = x[len("file://") :]
+        return x if "://" in x else os.path.realpath(x)
+
+    return norm(a) == norm(b)
+
+
+def _distributed_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None or world_size is not None:
+        r, ws = int(rank or 0), int(world_size or 1)
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        r, ws = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        r, ws = 0, 1
+    if ws < 1 or not 0 <= r < ws:
+        raise ConfigError(f"rank must lie in [0, world_size={ws}); got rank={r}.")
+    return r, ws
+
+
+def _resolve_channels(channels: int | Sequence[int] | None, n: int, name: str) -> list[int]:
+    if channels is None:
+        return list(range(n))
+    sel = [channels] if isinstance(channels, (int, np.integer)) else list(channels)
+    bad = [c for c in sel if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < n]
+    if not sel or bad:
+        raise ConfigError(
+            f"{name} must be channel indices in [0, {n}); got {channels!r}. Fix: pass e.g. "
+            f"{name}=0 or {name}=[0, 1], or None for all {n} channels."
+        )
+    return [int(c) for c in sel]
+
+
+def _wait_for_sidecar(path: str, storage_options: Mapping[str, Any] | None, timeout: float) -> Any:
+    from patchsieve.sidecar import open_sidecar
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return open_sidecar(path, storage_options=storage_options)
+        except Exception as err:  # absent or incomplete while rank 0 computes
+            if time.monotonic() > deadline:
+                raise SidecarIncompleteError(
+                    f"side-car {path!r} was not completed within timeout={timeout}s while rank 0 "
+                    "computed it. Fix: compute it first (`patchsieve compute`) or raise the "
+                    "timeout."
+                ) from err
+            time.sleep(1.0)
+
+
+# --------------------------------------------------------------------------- dataset
+class PatchDataset(IterableDataset):
+    """Patches drawn with a side-car's region weights, streamed from chunked storage.
+
+    Parameters
+    ----------
+    source : str, path-like or numpy.ndarray, optional
+        The input volume (Zarr / OME-Zarr, local path or fsspec URL). Default: the side-car's
+        source.
+    patch_size : sequence of int or mapping, optional
+        Patch size (CAREamics order). Required without ``sidecar``; must equal the side-car's.
+    patch_filter_config : PatchFilterConfig, optional
+        The filter (e.g. ``ShannonPatchFilterConfig(threshold=7.5)``). Without ``sidecar`` the
+        filter pass runs (or a matching complete side-car at the default location is reused).
+    sidecar : str, path-like or Sidecar, optional
+        A completed side-car.
+    target : str, path-like or numpy.ndarray, optional
+        Paired target volume (CARE / N2N), read at the same location; same sizes except ``c``.
+    filter_name : str, optional
+        Which filter of the side-car to use (default: the one matching ``patch_filter_config``,
+        or the only one).
+    mode : {"per_epoch", "with_replacement", "fixed_subset"}
+        Sampling mode (:mod:`patchsieve.sampling`); ``per_epoch`` is CAREamics' semantics.
+    channels, target_channels : int or sequence of int, optional
+        Channels to return (default all).
+    seed : int
+        Seed of the epoch plans.
+    epoch_length : int, optional
+        Patches per epoch for ``with_replacement``.
+    shuffle_window : int
+        Window (patches) inside which a worker groups its patches by storage chunk; 0 = plan
+        order.
+    cache_bytes : int
+        Bound of the per-worker cache of decoded chunks (input and target each).
+    normalize : bool
+        Standardise input channels with the side-car's stored per-channel mean/std.
+    transform : callable, optional
+        ``transform(x, y) -> (x, y)`` on numpy arrays ``(C, [Z,] Y, X)`` (``y`` None without
+        target), e.g. :class:`patchsieve.transforms.RandomFlipRotate`.
+    return_metadata : bool
+        Also yield a dict: sample index, origin, region, region weight, is_background.
+    storage_options, target_storage_options : mapping, optional
+        fsspec options (credentials, endpoint) of the source and target.
+    rank, world_size : int, optional
+        DDP rank and world size (default: ``torch.distributed`` when initialised, else 0/1).
+    axes, level : optional
+        Passed to the filter pass / volume opening.
+    client : distributed.Client, optional
+        Client for the filter pass when it runs.
+    sidecar_timeout : float
+        Seconds non-zero ranks wait for rank 0's side-car.
+
+    Notes
+    -----
+    ``len(dataset)`` is the number of patches of this rank per epoch. Iterating yields
+    ``x`` (a float32 tensor ``(C, [Z,] Y, X)``), ``(x, y)`` with a target, plus ``meta`` last
+    when ``return_metadata``.
+    """
+
+    def __init__(
+        self,
+        source: Any = None,
+        *,
+        patch_size: Sequence[int] | Mapping[str, int] | None = None,
+        patch_filter_config: Any = None,
+        sidecar: Any = None,
+        target: Any = None,
+        filter_name: str | None = None,
+        mode: str = "per_epoch",
+        channels: int | Sequence[int] | None = None,
+        target_channels: int | Sequence[int] | None = None,
+        seed: int = 0,
+        epoch_length: int | None = None,
+        shuffle_window: int = 1024,
+        cache_bytes: int = 256 * 2**20,
+        normalize: bool = False,
+        transform: Callable[..., Any] | None = None,
+        return_metadata: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        target_storage_options: Mapping[str, Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        axes: str | None = None,
+        level: int = 0,
+        client: Any = None,
+        sidecar_timeout: float = 3600.0,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}; got {mode!r}.")
+        if int(shuffle_window) < 0 or int(cache_bytes) < 0:
+            raise ConfigError("shuffle_window and cache_bytes must be >= 0.")
+        if source is None and sidecar is None:
+            raise ConfigError("pass source (a volume) or sidecar (a completed side-car).")
+        self.rank, self.world_size = _distributed_rank_world(rank, world_size)
+        sc = self._get_sidecar(
+            source,
+            sidecar,
+            patch_size,
+            patch_filter_config,
+            storage_options,
+            axes,
+            level,
+            client,
+            sidecar_timeout,
+        )
+        self.sidecar_path = str(getattr(sc, "path", ""))
+        self.filter_name = self._pick_filter(sc, filter_name, patch_filter_config)
+        self._check_patch_size(sc, patch_size)
+        self.dims = tuple(sc.dims)
+        self.spatial_dims = tuple(sc.spatial_dims)
+        self.sample_dims = tuple(sc.sample_dims)
+        self.sample_shape = tuple(sc.sample_shape)
+        self.patch_size = tuple(int(sc.patch_size[d]) for d in self.spatial_dims)
+        shape = dict(sc.shape)
+        n_ch = shape.get("c", 1)
+        self.channels = _resolve_channels(channels, n_ch, "channels")
+        self.sampler = StratifiedPatching(
+            [shape[d] for d in self.spatial_dims],
+            self.patch_size,
+            sc.weights(self.filter_name),
+            background=sc.filter_out(self.filter_name),
+            mode=mode,
+            seed=seed,
+            epoch_length=epoch_length,
+        )
+        self.mode, self.seed = mode, int(seed)
+        self.shuffle_window, self.cache_bytes = int(shuffle_window), int(cache_bytes)
+        self.transform, self.return_metadata = transform, bool(return_metadata)
+        self._norm = self._norm_stats(sc) if normalize else None
+        src = sc.source if source is None else source
+        array_path = sc.array_path
+        if isinstance(src, (str, os.PathLike)) and not _same_location(os.fspath(src), sc.source):
+            array_path = self._check_other_source(src, shape, storage_options, axes, level)
+        self._reader = self._make_reader(
+            src, array_path, storage_options, shape, sc.chunks, "source"
+        )
+        self._reader.cache_bytes = self.cache_bytes
+        self._reader.array()  # validate now (opened again lazily in every worker)
+        self._target_reader: _ChunkReader | None = None
+        self.target_channels: list[int] = []
+        if target is not None:
+            self._target_reader, self.target_channels = self._open_target(
+                target, target_storage_options, shape, axes, level, target_channels
+            )
+        # shared with DataLoader workers (also persistent ones): epoch, resume slot, counters
+        self._shared = torch.zeros(3 + MAX_WORKERS, dtype=torch.int64).share_memory_()
+        self._shared[1] = -1
+        self._stats = torch.zeros(
+            MAX_WORKERS + 1, _STAT_FIELDS, dtype=torch.float64
+        ).share_memory_()
+        self._main_position = 0
+        self._main_epoch = -1
+
+    # ---- construction helpers
+    def _get_sidecar(
+        self,
+        source: Any,
+        sidecar: Any,
+        patch_size: Any,
+        cfg: Any,
+        storage_options: Any,
+        axes: Any,
+        level: int,
+        client: Any,
+        timeout: float,
+    ) -> Any:
+        from patchsieve.sidecar import open_sidecar
+
+        if sidecar is not None:
+            if isinstance(sidecar, (str, os.PathLike)):
+                return open_sidecar(os.fspath(sidecar), storage_options=storage_options)
+            if not getattr(sidecar, "is_complete", False):
+                raise SidecarIncompleteError(
+                    f"side-car {getattr(sidecar, 'path', sidecar)!r} is not complete. Fix: rerun "
+                    "`patchsieve compute` with the same arguments to finish it."
+                )
+            if (
+                source is not None
+                and isinstance(source, (str, os.PathLike))
+                and not _same_location(os.fspath(source), sidecar.source)
+            ):
+                logger.warning(
+                    "source %r differs from the side-car's source %r; checking shapes",
+                    source,
+                    sidecar.source,
+                )
+            return sidecar
+        if patch_size is None or cfg is None:
+            raise ConfigError(
+                "without sidecar, pass patch_size and patch_filter_config so that the filter "
+                "pass can run. Fix: e.g. patch_size=(64, 64), "
+                "patch_filter_config=ShannonPatchFilterConfig(threshold=7.5)."
+            )
+        return self._reuse_or_compute(
+            source, patch_size, cfg, storage_options, axes, level, client, timeout
+        )
+
+    def _reuse_or_compute(
+        self,
+        source: Any,
+        patch_size: Any,
+        cfg: Any,
+        storage_options: Any,
+        axes: Any,
+        level: int,
+        client: Any,
+        timeout: float,
+    ) -> Any:
+        from patchsieve.compute import compute, default_output, source_fingerprint
+        from patchsieve.sidecar import open_sidecar
+        from patchsieve.volume import open_volume
+
+        volume = open_volume(source, axes=axes, level=level, storage_options=storage_options)
+        url = str(volume.attrs.get("source", "<numpy>"))
+        path = default_output(
+            url, source_fingerprint(volume, storage_options), storage_options=storage_options
+        )
+        if self.rank != 0 and self.world_size > 1:
+            sc = _wait_for_sidecar(path, storage_options, timeout)
+            self._pick_filter(sc, None, cfg)
+            return sc
+        try:
+            sc = open_sidecar(path, storage_options=storage_options)
+            self._pick_filter(sc, None, cfg)
+            self._check_patch_size(sc, patch_size)
+            logger.info("reusing complete side-car %s", path)
+            return sc
+        except Exception as err:  # absent, incomplete or made for other parameters
+            logger.info("running the filter pass (%s)", type(err).__name__)
+        return compute(
+            volume,
+            [cfg],
+            patch_size,
+            path,
+            client=client,
+            storage_options=storage_options,
+            overwrite=True,
+        )
+
+    @staticmethod
+    def _pick_filter(sc: Any, name: str | None, cfg: Any) -> str:
+        names = list(sc.filter_names)
+        if name is not None:
+            if name not in names:
+                raise ConfigError(f"filter_name {name!r} is not in the side-car; it has {names}.")
+            return name
+        if cfg is not None:
+            want = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg)
+            for n in names:
+                if sc.config(n).model_dump() == want:
+                    return n
+            raise SidecarMismatchError(
+                f"patch_filter_config {cfg!r} is not in side-car {getattr(sc, 'path', '')!r} "
+                f"(filters: {[sc.config(n) for n in names]}). Fix: recompute the side-car with "
+                "this filter, or drop sidecar= to let PatchDataset run the filter pass."
+            )
+        if len(names) != 1:
+            raise ConfigError(f"the side-car has filters {names}; pass filter_name=one of them.")
+        return names[0]
+
+    @staticmethod
+    def _check_patch_size(sc: Any, patch_size: Any) -> None:
+        if patch_size is None:
+            return
+        from patchsieve.grid import normalize_patch_size
+
+        ps = normalize_patch_size(patch_size, tuple(sc.spatial_dims))
+        if dict(ps) != dict(sc.patch_size):
+            raise SidecarMismatchError(
+                f"patch_size {ps} differs from the side-car's {dict(sc.patch_size)}: its region "
+                "grid was built for that size. Fix: pass the side-car's patch_size or recompute "
+                "the side-car for the new size."
+            )
+
+    def _norm_stats(self, sc: Any) -> tuple[np.ndarray, np.ndarray]:
+        stats = sc.normalization()
+        if not stats or "mean" not in stats or "std" not in stats:
+            raise SidecarIncompleteError(
+                "normalize=True needs the side-car's per-channel mean/std, which it lacks. "
+                "Fix: recompute the side-car, or pass normalize=False."
+            )
+        mean = np.atleast_1d(np.asarray(stats["mean"], np.float64))
+        std = np.atleast_1d(np.asarray(stats["std"], np.float64))
+        mean, std = (
+            mean[self.channels] if mean.size > 1 else mean,
+            std[self.channels] if std.size > 1 else std,
+        )
+        shape = (-1,) + (1,) * len(self.spatial_dims)
+        return mean.reshape(shape).astype(np.float32), np.maximum(std, 1e-12).reshape(shape).astype(
+            np.float32
+        )
+
+    @staticmethod
+    def _check_other_source(
+        src: Any, shape: Mapping[str, int], so: Any, axes: Any, level: int
+    ) -> str:
+        """A source at another location than the side-car's: same dims and sizes required."""
+        from patchsieve.volume import open_volume
+
+        vol = open_volume(src, axes=axes, level=level, storage_options=so)
+        if dict(vol.sizes) != dict(shape):
+            raise SidecarMismatchError(
+                f"source {src!r} has sizes {dict(vol.sizes)}; the side-car was computed for a "
+                f"volume of shape {dict(shape)}. Fix: pass the side-car of this source or omit "
+                "sidecar= to compute one."
+            )
+        return str(vol.attrs.get("array_path", ""))
+
+    @staticmethod
+    def _make_reader(
+        src: Any,
+        array_path: str,
+        storage_options: Any,
+        shape: Mapping[str, int],
+        chunks: Mapping[str, int] | None,
+        cache_bytes_hint: str,
+    ) -> _ChunkReader:
+        dims = list(shape)
+        if isinstance(src, np.ndarray):
+            if src.shape != tuple(shape[d] for d in dims):
+                raise ConfigError(
+                    f"{cache_bytes_hint} array has shape {src.shape}; expected "
+                    f"{tuple(shape[d] for d in dims)} (dims {tuple(dims)})."
+                )
+            return _ChunkReader(
+                None, "", None, src.shape, [shape[d] for d in dims], 0, array=src, dims=dims
+            )
+        if not isinstance(src, (str, os.PathLike)):
+            raise ConfigError(
+                f"{cache_bytes_hint} must be a Zarr/OME-Zarr path or URL or a numpy array; got "
+                f"{type(src).__name__}."
+            )
+        return _ChunkReader(
+            os.fspath(src),
+            array_path,
+            storage_options,
+            [shape[d] for d in dims],
+            None,
+            0,
+            dims=dims,
+        )
+
+    def _open_target(
+        self,
+        target: Any,
+        so: Any,
+        shape: Mapping[str, int],
+        axes: Any,
+        level: int,
+        target_channels: Any,
+    ) -> tuple[_ChunkReader, list[int]]:
+        from patchsieve.volume import open_volume
+
+        try:
+            vol = open_volume(target, axes=axes, level=level, storage_options=so)
+        except ConfigError:
+            raise
+        except Exception as err:
+            raise ConfigError(
+                f"target {target!r} cannot be opened ({err}). Fix: pass the path "
+                "or URL of the target volume (and target_storage_options)."
+            ) from err
+        tshape = dict(vol.sizes)
+        mismatch = [
+            d for d in set(shape) | set(tshape) if d != "c" and shape.get(d) != tshape.get(d)
+        ]
+        if mismatch:
+            raise ConfigError(
+                f"target has sizes {tshape}, the input {dict(shape)}: they differ in "
+                f"{sorted(mismatch)}. "
+                "Fix: pass a target of the same (s, t, z, y, x) sizes."
+            )
+        tch = _resolve_channels(target_channels, tshape.get("c", 1), "target_channels")
+        tdims = list(vol.dims)
+        if isinstance(target, np.ndarray):
+            data = np.asarray(vol.data)
+            reader = _ChunkReader(None, "", None, data.shape, data.shape, 0, array=data, dims=tdims)
+        elif isinstance(target, (str, os.PathLike)):
+            reader = _ChunkReader(
+                os.fspath(target),
+                str(vol.attrs.get("array_path", "")),
+                so,
+                [tshape[d] for d in tdims],
+                None,
+                self.cache_bytes,
+                dims=tdims,
+            )
+        else:
+            raise ConfigError(
+                f"target must be a Zarr/OME-Zarr path or URL or a numpy array; got "
+                f"{type(target).__name__}."
+            )
+        reader.array()
+        return reader, tch
+
+    # ---- epochs and resume
+    @property
+    def epoch(self) -> int:
+        """The current epoch (shared with DataLoader workers)."""
+        return int(self._shared[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch plan; visible to persistent workers."""
+        if int(epoch) < 0:
+            raise ConfigError(f"epoch must be >= 0; got {epoch}.")
+        if int(epoch) != self.epoch:
+            self._shared[1] = -1  # a pending resume belongs to another epoch
+        self._shared[0] = int(epoch)
+
+    def __len__(self) -> int:
+        return self.sampler.epoch_length // self.world_size
+
+    def _shard(self, epoch: int, worker: int, num_workers: int) -> np.ndarray:
+        plan = self.sampler.epoch_plan(epoch)
+        pos = shard_positions(
+            len(plan),
+            rank=self.rank,
+            world_size=self.world_size,
+            worker=worker,
+            num_workers=num_workers,
+        )
+        shard = plan[pos]
+        return shard[execution_order(self._chunk_keys(shard), self.shuffle_window)]
+
+    def _chunk_keys(self, shard: np.ndarray) -> np.ndarray:
+        ch = self._reader.chunks
+        spatial_ch = [ch[self.dims.index(d)] for d in self.spatial_dims]
+        sizes = [self.sampler.spatial_shape[i] // c + 1 for i, c in enumerate(spatial_ch)]
+        idx = [shard["sample"]] + [shard["origin"][:, i] // c for i, c in enumerate(spatial_ch)]
+        return np.ravel_multi_index(idx, [max(self.sampler.n_samples, 1)] + sizes)
+
+    def shard_sizes(self, num_workers: int) -> list[int]:
+        """Patches per DataLoader worker of this rank (``num_workers=0``: one entry)."""
+        nw = max(int(num_workers), 1)
+        m = len(self)
+        return [len(range(w, m, nw)) for w in range(nw)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Resume state of direct (in-process) iteration; see :meth:`PatchLoader.state_dict`."""
+        return {
+            "seed": self.seed,
+            "mode": self.mode,
+            "epoch": self.epoch,
+            "num_workers": 0,
+            "positions": [int(self._main_position) if self._main_epoch == self.epoch else 0],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume mid-epoch: the next iteration of ``state['epoch']`` skips consumed patches."""
+        if int(state["seed"]) != self.seed or state["mode"] != self.mode:
+            raise ConfigError(
+                f"state was saved with seed={state['seed']}, mode={state['mode']!r}; this dataset "
+                f"has seed={self.seed}, mode={self.mode!r}. Fix: build the dataset with the same "
+                "seed and mode."
+            )
+        positions = [int(p) for p in state["positions"]]
+        if len(positions) > MAX_WORKERS:
+            raise ConfigError(f"at most {MAX_WORKERS} workers are supported; got {len(positions)}.")
+        self._shared[0] = int(state["epoch"])
+        self._shared[1] = int(state["epoch"])
+        self._shared[2] = int(state.get("num_workers", 0))
+        self._shared[3:] = 0
+        self._shared[3 : 3 + len(positions)] = torch.tensor(positions, dtype=torch.int64)
+
+    def _resume_position(self, epoch: int, worker: int, num_workers: int) -> int:
+        if int(self._shared[1]) != epoch:
+            return 0
+        saved = int(self._shared[2])
+        if saved != num_workers:
+            raise ConfigError(
+                f"the resume state was saved with num_workers={saved}; this DataLoader has "
+                f"num_workers={num_workers}. Fix: resume with the same num_workers."
+            )
+        pos = int(self._shared[3 + worker])
+        self._shared[3 + worker] = 0  # consumed once
+        return pos
+
+    # ---- iteration
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, nw = (0, 0) if info is None else (info.id, info.num_workers)
+        if nw > MAX_WORKERS:
+            raise ConfigError(f"num_workers must be <= {MAX_WORKERS}; got {nw}.")
+        if info is not None:
+            torch.set_num_threads(1)
+        epoch = self.epoch
+        shard = self._shard(epoch, worker, nw)
+        start = self._resume_position(epoch, worker, nw)
+        if info is None:
+            self._main_epoch, self._main_position = epoch, start
+        slot = worker if info is not None else MAX_WORKERS
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, self.rank, worker]))
+        if self.transform is not None and hasattr(self.transform, "reseed"):
+            self.transform.reseed(rng)
+        self._stats_base = self._stats[slot].numpy().copy()
+        self._counters0 = self._counters()
+        for i, entry in enumerate(shard[start:]):
+            item = self._load(entry)
+            if i % 32 == 0:
+                self._record(slot, i + 1)
+            if info is None:
+                self._main_position += 1
+            yield item
+        self._record(slot, len(shard) - start)
+
+    def _counters(self) -> np.ndarray:
+        r, t = self._reader, self._target_reader
+        return np.array(
+            [
+                0.0,
+                r.hits + (t.hits if t else 0),
+                r.misses + (t.misses if t else 0),
+                r.bytes_read + (t.bytes_read if t else 0),
+            ]
+        )
+
+    def _record(self, slot: int, done: int) -> None:
+        """Publish this iteration's read counters to the shared table (cumulative per slot)."""
+        now = self._counters() - self._counters0
+        now[0] = done
+        self._stats[slot] = torch.from_numpy(self._stats_base + now)
+
+    def _box(
+        self, entry: np.ndarray, dims: Sequence[str], shape: Sequence[int], chans: Sequence[int]
+    ) -> tuple[list[int], list[int]]:
+        sample = (
+            np.unravel_index(int(entry["sample"]), self.sample_shape) if self.sample_shape else ()
+        )
+        lo, hi = [], []
+        for d in dims:
+            if d in self.sample_dims:
+                i = int(sample[self.sample_dims.index(d)])
+                lo.append(i), hi.append(i + 1)
+            elif d == "c":
+                lo.append(min(chans)), hi.append(max(chans) + 1)
+            else:
+                k = self.spatial_dims.index(d)
+                o = int(entry["origin"][k])
+                lo.append(o), hi.append(o + self.patch_size[k])
+        return lo, hi
+
+    def _cut(
+        self, reader: _ChunkReader, dims: Sequence[str], chans: Sequence[int], entry: np.ndarray
+    ) -> np.ndarray:
+        lo, hi = self._box(entry, dims, reader.shape, chans)
+        box = reader.read(lo, hi)
+        keep = [slice(None) if (d == "c" or d in self.spatial_dims) else 0 for d in dims]
+        box = box[tuple(keep)]
+        kept = [d for d in dims if d == "c" or d in self.spatial_dims]
+        if "c" in kept:
+            c_axis = kept.index("c")
+            box = np.moveaxis(box, c_axis, 0)
+            box = box[[c - min(chans) for c in chans]]
+        else:
+            box = box[None]
+        return np.ascontiguousarray(box, dtype=np.float32)
+
+    def _load(self, entry: np.ndarray) -> Any:
+        x = self._cut(self._reader, self.dims, self.channels, entry)
+        if self._norm is not None:
+            x = (x - self._norm[0]) / self._norm[1]
+        y = None
+        if self._target_reader is not None:
+            y = self._cut(
+                self._target_reader, self._target_reader.dims, self.target_channels, entry
+            )
+        if self.transform is not None:
+            x, y = self.transform(x, y)
+        out: list[Any] = [torch.from_numpy(np.ascontiguousarray(x))]
+        if y is not None:
+            out.append(torch.from_numpy(np.ascontiguousarray(y)))
+        if self.return_metadata:
+            out.append(
+                {
+                    "sample": int(entry["sample"]),
+                    "origin": torch.as_tensor(entry["origin"].copy()),
+                    "region": int(entry["region"]),
+                    "weight": float(entry["weight"]),
+                    "is_background": bool(entry["background"]),
+                }
+            )
+        return out[0] if len(out) == 1 else tuple(out)
+
+    # ---- audit
+    def audit(self, epochs: int = 1) -> dict[str, Any]:
+        """Sampling audit: realized vs expected background share, visits, reads, cache.
+
+        The realized numbers are computed from this rank's plans of ``epochs`` epochs starting
+        at the current one (what iteration yields); the read numbers from the patches read so
+        far in this process and its DataLoader workers.
+        """
+        sp = self.sampler
+        bg = n = 0
+        visits = np.zeros((sp.n_samples, int(np.prod(sp.grid_shape))), np.int64)
+        for e in range(self.epoch, self.epoch + max(int(epochs), 1)):
+            plan = sp.epoch_plan(e)
+            plan = plan[shard_positions(len(plan), rank=self.rank, world_size=self.world_size)]
+            bg += int(plan["background"].sum())
+            n += len(plan)
+            np.add.at(visits, (plan["sample"], plan["region"]), 1)
+        exp = sp.expected_visits().reshape(visits.shape) / self.world_size * max(int(epochs), 1)
+        eligible = exp > 0
+        flat_bg = sp.background.reshape(visits.shape)
+        stats = self._stats.numpy()
+        patches, hits, misses, nbytes = (float(v) for v in stats.sum(axis=0))
+        return {
+            "epochs": max(int(epochs), 1),
+            "patches": n,
+            "expected_background_fraction": sp.expected_background_fraction(),
+            "realized_background_fraction": bg / n if n else 0.0,
+            "visits": {
+                "regions": int(visits.size),
+                "eligible_regions": int(eligible.sum()),
+                "never_visited_eligible": int(((visits == 0) & eligible).sum()),
+                "kept_mean": float(visits[~flat_bg].mean()) if (~flat_bg).any() else 0.0,
+                "background_mean": float(visits[flat_bg].mean()) if flat_bg.any() else 0.0,
+                "max": int(visits.max(initial=0)),
+                "quantiles": dict(
+                    zip(
+                        ("p5", "p50", "p95"),
+                        (float(q) for q in np.percentile(visits[eligible], [5, 50, 95]))
+                        if eligible.any()
+                        else (0.0, 0.0, 0.0),
+                        strict=True,
+                    )
+                ),
+            },
+            "patches_read": int(patches),
+            "bytes_read_per_patch": nbytes / patches if patches else 0.0,
+            "chunk_cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+        }
+
+    def loader(self, **kwargs: Any) -> PatchLoader:
+        """A :class:`PatchLoader` (``torch.utils.data.DataLoader``) over this dataset."""
+        return PatchLoader(self, **kwargs)
+
+
+class PatchLoader(DataLoader):
+    """A DataLoader that advances the epoch and tracks the exact resume position.
+
+    Each new iteration uses the next epoch unless :meth:`PatchDataset.set_epoch` or
+    :meth:`load_state_dict` chose one; :meth:`state_dict` converts the batches consumed so far
+    into per-worker positions (``worker_positions_from_batches``).
+    """
+
+    dataset: PatchDataset
+
+    def __init__(self, dataset: PatchDataset, **kwargs: Any):
+        if not isinstance(dataset, PatchDataset):
+            raise ConfigError("PatchLoader needs a PatchDataset.")
+        for bad in ("shuffle", "sampler", "batch_sampler"):
+            if kwargs.get(bad):
+                raise ConfigError(f"{bad} does not apply: PatchDataset plans and shuffles itself.")
+        super().__init__(dataset, **kwargs)
+        self._iterated = False
+        self._epoch_seen = dataset.epoch
+        self._batches = 0
+        self._base: list[int] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        ds = self.dataset
+        if self._iterated and ds.epoch == self._epoch_seen:
+            ds.set_epoch(ds.epoch + 1)
+        self._iterated, self._epoch_seen, self._batches = True, ds.epoch, 0
+        nw = self.num_workers
+        resume = int(ds._shared[1]) == ds.epoch
+        self._base = (
+            [int(p) for p in ds._shared[3 : 3 + max(nw, 1)]] if resume else [0] * max(nw, 1)
+        )
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Exact resume state after the batches consumed so far in this epoch."""
+        ds = self.dataset
+        sizes = ds.shard_sizes(self.num_workers)
+        remaining = [s - b for s, b in zip(sizes, self._base, strict=True)]
+        bs = self.batch_size or 1
+        done = worker_positions_from_batches(self._batches, remaining, bs, drop_last=self.drop_last)
+        return {
+            "seed": ds.seed,
+            "mode": ds.mode,
+            "epoch": self._epoch_seen,
+            "num_workers": self.num_workers,
+            "positions": [b + d for b, d in zip(self._base, done, strict=True)],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the next iteration continues ``state['epoch']`` after the consumed batches."""
+        if int(state.get("num_workers", 0)) != self.num_workers:
+            raise ConfigError(
+                f"the state was saved with num_workers={state.get('num_workers')}; this loader "
+                f"has num_workers={self.num_workers}. Fix: resume with the same num_workers."
+            )
+        self.dataset.load_state_dict(state)
+        self._iterated = False

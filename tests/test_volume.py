@@ -167,6 +167,19 @@ def test_pyramid_levels(tmp_path, write_ome_zarr, zyx_array, version):
     np.testing.assert_array_equal(one.values, group["s1"][...])
 
 
+def test_opened_volume_pickles(tmp_path, write_ome_zarr, czyx_array):
+    """The lazy graph travels to other processes (distributed workers) and reads the same data."""
+    vol = open_volume(write_ome_zarr(tmp_path / "p.ome.zarr", czyx_array, "CZYX"), channel=0)
+    clone = pickle.loads(pickle.dumps(vol))
+    xr.testing.assert_identical(clone.compute(), vol.compute())
+
+
+@pytest.mark.careamics
+def test_careamics_reference_dir_fixture(careamics_reference_dir):
+    assert careamics_reference_dir.name == "careamics_reference"
+    assert (careamics_reference_dir / "inputs.npz").is_file()
+
+
 def test_pyramid_of_plain_source_is_one_level(zyx_array):
     levels = open_pyramid(zyx_array, axes="ZYX")
     assert len(levels) == 1 and levels[0].attrs["n_levels"] == 1

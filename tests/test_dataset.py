@@ -23,9 +23,7 @@ def client():
     from distributed import Client, LocalCluster
 
     with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-        ) as cl,
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cl,
         Client(cl, set_as_default=False) as c,
     ):
         yield c
@@ -74,8 +72,7 @@ def _collect(ds_or_loader):
         else:
             n = x.shape[0]
             metas = [
-                {k: (v[i] if hasattr(v, "__getitem__") else v) for k, v in meta.items()}
-                for i in range(n)
+                {k: (v[i] if hasattr(v, "__getitem__") else v) for k, v in meta.items()} for i in range(n)
             ]
             out.append((x, metas))
     return out
@@ -149,12 +146,15 @@ def test_dataloader_two_workers(syx, context):
     ds = PatchDataset(src, sidecar=sc, return_metadata=True, seed=3)
     loader = ds.loader(batch_size=16, num_workers=2, multiprocessing_context=context)
     metas = []
+    n_batches = 0
     for x, meta in loader:
+        n_batches += 1
         for i in range(x.shape[0]):
             m = {"sample": meta["sample"][i], "origin": meta["origin"][i]}
             np.testing.assert_array_equal(x[i].numpy(), _expected_2d(data, m))
             metas.append(m)
     assert sorted(_keys(metas)) == _plan_keys(ds, 0)
+    assert n_batches == len(loader)  # each worker's short last batch is counted
     audit = ds.audit()
     assert audit["patches_read"] == len(ds)
     assert 0 < audit["chunk_cache_hit_rate"] <= 1
@@ -163,9 +163,7 @@ def test_dataloader_two_workers(syx, context):
 def test_set_epoch_reaches_persistent_workers(syx):
     src, _, sc = syx
     ds = PatchDataset(src, sidecar=sc, return_metadata=True, seed=5)
-    loader = ds.loader(
-        batch_size=32, num_workers=2, multiprocessing_context="fork", persistent_workers=True
-    )
+    loader = ds.loader(batch_size=32, num_workers=2, multiprocessing_context="fork", persistent_workers=True)
     epochs = {}
     for epoch in (0, 1):
         ds.set_epoch(epoch)
@@ -182,9 +180,7 @@ def test_set_epoch_reaches_persistent_workers(syx):
     again = sorted(
         k
         for _, m in loader
-        for k in _keys(
-            [{"sample": s, "origin": o} for s, o in zip(m["sample"], m["origin"], strict=True)]
-        )
+        for k in _keys([{"sample": s, "origin": o} for s, o in zip(m["sample"], m["origin"], strict=True)])
     )
     assert again == _plan_keys(ds, 2) and ds.epoch == 2
 
@@ -196,9 +192,7 @@ def test_resume_mid_epoch_direct_iteration(syx):
     ds.set_epoch(3)
     full = [(int(m["sample"]), *m["origin"].tolist()) for _, m in ds]
     it = iter(ds)
-    first = [
-        (int(m["sample"]), *m["origin"].tolist()) for _, (_, m) in zip(range(41), it, strict=False)
-    ]
+    first = [(int(m["sample"]), *m["origin"].tolist()) for _, (_, m) in zip(range(41), it, strict=False)]
     state = ds.state_dict()
     assert state["epoch"] == 3 and state["positions"] == [41]
     fresh = PatchDataset(src, sidecar=sc, return_metadata=True, seed=6)

@@ -99,9 +99,7 @@ class _ChunkReader:
         if self._arr is None or self._pid != os.getpid():
             from patchsieve.volume import open_zarr_array
 
-            self._arr = open_zarr_array(
-                self.url, self.array_path, storage_options=self.storage_options
-            )
+            self._arr = open_zarr_array(self.url, self.array_path, storage_options=self.storage_options)
             self._pid = os.getpid()
             self._cache.clear()
             self._cached = 0
@@ -126,8 +124,7 @@ class _ChunkReader:
             return block
         self.misses += 1
         sl = tuple(
-            slice(k * c, min((k + 1) * c, n))
-            for k, c, n in zip(key, self.chunks, self.shape, strict=True)
+            slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.shape, strict=True)
         )
         block = np.asarray(self.array()[sl])
         self.bytes_read += block.nbytes
@@ -139,9 +136,7 @@ class _ChunkReader:
                 self._cached -= old.nbytes
         return block
 
-    def read(
-        self, lo: Sequence[int], hi: Sequence[int], dtype: np.dtype | None = None
-    ) -> np.ndarray:
+    def read(self, lo: Sequence[int], hi: Sequence[int], dtype: np.dtype | None = None) -> np.ndarray:
         """The box ``[lo, hi)`` (all dims), assembled from cached chunks."""
         if self._numpy is not None:  # in-memory source: plain slicing
             return np.array(self._numpy[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))])
@@ -354,9 +349,7 @@ class PatchDataset(IterableDataset):
         array_path = sc.array_path
         if isinstance(src, (str, os.PathLike)) and not _same_location(os.fspath(src), sc.source):
             array_path = self._check_other_source(src, shape, storage_options, axes, level)
-        self._reader = self._make_reader(
-            src, array_path, storage_options, shape, sc.chunks, "source"
-        )
+        self._reader = self._make_reader(src, array_path, storage_options, shape, sc.chunks, "source")
         self._reader.cache_bytes = self.cache_bytes
         self._reader.array()  # validate now (opened again lazily in every worker)
         self._target_reader: _ChunkReader | None = None
@@ -368,9 +361,7 @@ class PatchDataset(IterableDataset):
         # shared with DataLoader workers (also persistent ones): epoch, resume slot, counters
         self._shared = torch.zeros(3 + MAX_WORKERS, dtype=torch.int64).share_memory_()
         self._shared[1] = -1
-        self._stats = torch.zeros(
-            MAX_WORKERS + 1, _STAT_FIELDS, dtype=torch.float64
-        ).share_memory_()
+        self._stats = torch.zeros(MAX_WORKERS + 1, _STAT_FIELDS, dtype=torch.float64).share_memory_()
         self._main_position = 0
         self._main_epoch = -1
 
@@ -414,9 +405,7 @@ class PatchDataset(IterableDataset):
                 "pass can run. Fix: e.g. patch_size=(64, 64), "
                 "patch_filter_config=ShannonPatchFilterConfig(threshold=7.5)."
             )
-        return self._reuse_or_compute(
-            source, patch_size, cfg, storage_options, axes, level, client, timeout
-        )
+        return self._reuse_or_compute(source, patch_size, cfg, storage_options, axes, level, client, timeout)
 
     def _reuse_or_compute(
         self,
@@ -514,9 +503,7 @@ class PatchDataset(IterableDataset):
         )
 
     @staticmethod
-    def _check_other_source(
-        src: Any, shape: Mapping[str, int], so: Any, axes: Any, level: int
-    ) -> str:
+    def _check_other_source(src: Any, shape: Mapping[str, int], so: Any, axes: Any, level: int) -> str:
         """A source at another location than the side-car's: same dims and sizes required."""
         from patchsieve.volume import open_volume
 
@@ -545,9 +532,7 @@ class PatchDataset(IterableDataset):
                     f"{cache_bytes_hint} array has shape {src.shape}; expected "
                     f"{tuple(shape[d] for d in dims)} (dims {tuple(dims)})."
                 )
-            return _ChunkReader(
-                None, "", None, src.shape, [shape[d] for d in dims], 0, array=src, dims=dims
-            )
+            return _ChunkReader(None, "", None, src.shape, [shape[d] for d in dims], 0, array=src, dims=dims)
         if not isinstance(src, (str, os.PathLike)):
             raise ConfigError(
                 f"{cache_bytes_hint} must be a Zarr/OME-Zarr path or URL or a numpy array; got "
@@ -584,9 +569,7 @@ class PatchDataset(IterableDataset):
                 "or URL of the target volume (and target_storage_options)."
             ) from err
         tshape = dict(vol.sizes)
-        mismatch = [
-            d for d in set(shape) | set(tshape) if d != "c" and shape.get(d) != tshape.get(d)
-        ]
+        mismatch = [d for d in set(shape) | set(tshape) if d != "c" and shape.get(d) != tshape.get(d)]
         if mismatch:
             raise ConfigError(
                 f"target has sizes {tshape}, the input {dict(shape)}: they differ in "
@@ -610,8 +593,7 @@ class PatchDataset(IterableDataset):
             )
         else:
             raise ConfigError(
-                f"target must be a Zarr/OME-Zarr path or URL or a numpy array; got "
-                f"{type(target).__name__}."
+                f"target must be a Zarr/OME-Zarr path or URL or a numpy array; got {type(target).__name__}."
             )
         reader.array()
         return reader, tch
@@ -746,9 +728,7 @@ class PatchDataset(IterableDataset):
     def _box(
         self, entry: np.ndarray, dims: Sequence[str], shape: Sequence[int], chans: Sequence[int]
     ) -> tuple[list[int], list[int]]:
-        sample = (
-            np.unravel_index(int(entry["sample"]), self.sample_shape) if self.sample_shape else ()
-        )
+        sample = np.unravel_index(int(entry["sample"]), self.sample_shape) if self.sample_shape else ()
         lo, hi = [], []
         for d in dims:
             if d in self.sample_dims:
@@ -784,9 +764,7 @@ class PatchDataset(IterableDataset):
             x = (x - self._norm[0]) / self._norm[1]
         y = None
         if self._target_reader is not None:
-            y = self._cut(
-                self._target_reader, self._target_reader.dims, self.target_channels, entry
-            )
+            y = self._cut(self._target_reader, self._target_reader.dims, self.target_channels, entry)
         if self.transform is not None:
             x, y = self.transform(x, y)
         out: list[Any] = [torch.from_numpy(np.ascontiguousarray(x))]
@@ -887,12 +865,16 @@ class PatchLoader(DataLoader):
         self._iterated, self._epoch_seen, self._batches = True, ds.epoch, 0
         nw = self.num_workers
         resume = int(ds._shared[1]) == ds.epoch
-        self._base = (
-            [int(p) for p in ds._shared[3 : 3 + max(nw, 1)]] if resume else [0] * max(nw, 1)
-        )
+        self._base = [int(p) for p in ds._shared[3 : 3 + max(nw, 1)]] if resume else [0] * max(nw, 1)
         for batch in super().__iter__():
             self._batches += 1
             yield batch
+
+    def __len__(self) -> int:
+        """Batches per epoch: every worker batches its own shard (the last one may be short)."""
+        bs = self.batch_size or 1
+        sizes = np.asarray(self.dataset.shard_sizes(self.num_workers))
+        return int((sizes // bs).sum() if self.drop_last else (-(-sizes // bs)).sum())
 
     def state_dict(self) -> dict[str, Any]:
         """Exact resume state after the batches consumed so far in this epoch."""

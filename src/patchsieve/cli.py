@@ -128,6 +128,8 @@ def compute(
     axes: Optional[str] = typer.Option(None, help="Axes for plain Zarr/TIFF, e.g. SYX."),  # noqa: UP007
     level: int = typer.Option(0, help="OME-Zarr pyramid level to filter on."),
     scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address tcp://HOST:PORT."),  # noqa: UP007
+    n_workers: Optional[int] = typer.Option(None, help="Local cluster: worker processes."),  # noqa: UP007
+    threads_per_worker: Optional[int] = typer.Option(None, help="Local cluster: threads each."),  # noqa: UP007
     overwrite: bool = typer.Option(False, help="Replace a side-car made for other params/source."),
     labels: bool = typer.Option(False, help="Also write full-resolution OME-Zarr labels."),
     border: str = typer.Option("careamics", help="careamics (zero-padded) or valid."),
@@ -153,7 +155,8 @@ def compute(
                          overwrite=overwrite, storage_options=_storage_options(storage_options,
                                                                                endpoint_url),
                          axes=axes, level=level, border=border, labels=labels,
-                         progress=progress and not json_out)
+                         progress=progress and not json_out,
+                         cluster={"n_workers": n_workers, "threads_per_worker": threads_per_worker})
     except PatchsieveError as err:
         _fail(err)
         return

@@ -95,8 +95,9 @@ def get_client(
             kwargs[key] = value
     if kwargs["n_workers"] < 1:
         raise ClusterError(f"n_workers must be >= 1; got {kwargs['n_workers']}. Fix: pass 1 or more.")
-    if not kwargs["processes"]:
+    if not kwargs["processes"]:  # threads in this process: in-process comms, no host binding
         kwargs.pop("memory_limit", None)
+        kwargs.pop("host", None)
     with LocalCluster(**kwargs) as cluster, Client(cluster, set_as_default=False) as c:
         logger.info("local Dask cluster: %d worker(s) x %d thread(s); dashboard %s",
                     kwargs["n_workers"], kwargs["threads_per_worker"], c.dashboard_link)

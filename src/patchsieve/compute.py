@@ -475,6 +475,7 @@ def compute(
     labels: bool = False,
     seed: int = 0,
     progress: bool = False,
+    cluster: Mapping[str, Any] | None = None,
 ) -> _sc.Sidecar:
     """Run the filter pass and write (or complete) a side-car.
 
@@ -504,6 +505,8 @@ def compute(
         Seed of the chunk sample for percentiles.
     progress : bool
         Show a progress bar (rich).
+    cluster : mapping, optional
+        Overrides for the default LocalCluster: ``n_workers``, ``threads_per_worker``, ``processes``.
 
     Returns
     -------
@@ -539,7 +542,8 @@ def compute(
     try:
         meta = _prepare(writer, volume, geom, configs, stats, src_fp, params_fp, border, seed,
                         overwrite)
-        with get_client(scheduler, client) as cl:
+        opts = {k: v for k, v in (cluster or {}).items() if v is not None}
+        with get_client(scheduler, client, **opts) as cl:
             _fill(writer, cl, volume, geom, configs, meta, border, seed, storage_options,
                   progress, lock)
         _finalize(writer, volume, geom, configs, labels)

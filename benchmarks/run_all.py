@@ -56,6 +56,30 @@ def _log_dir() -> Path:
     return d
 
 
+def accepted_flags(script: Path, flags: list[str]) -> set[str]:
+    """Which of ``flags`` the script's ``--help`` mentions (scripts may not take them all)."""
+    try:
+        out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                             text=True, timeout=120, cwd=str(H.REPO_ROOT)).stdout
+    except subprocess.TimeoutExpired:
+        return set()
+    return {f for f in flags if f in out}
+
+
+def script_args(script: Path, large: bool, quick: bool, results: Path,
+                passthrough: list[str]) -> list[str] | None:
+    """The flags for one script, or None when ``--large`` was asked and it has no large mode."""
+    ok = accepted_flags(script, ["--large", "--quick", "--results"])
+    if large and "--large" not in ok:
+        return None
+    args = ["--large"] if large else []
+    if quick and "--quick" in ok:
+        args.append("--quick")
+    if "--results" in ok:
+        args += ["--results", str(results)]
+    return args + passthrough
+
+
 def run_script(script: Path, args: list[str], timeout: float) -> dict[str, Any]:
     """Run one benchmark script (output streamed and logged); return its status row."""
     log_path = _log_dir() / f"{script.stem}.log"
@@ -131,7 +155,8 @@ def render_summary(docs: list[dict[str, Any]], runs: list[dict[str, Any]] | None
     lines += ["Ratios are value / baseline measured in the same run: for throughputs (MB/s, "
               "patches/s) a speed-up, for times (s) a cost. `met` checks the target.", ""]
     for doc in docs:
-        rows = doc.get("summary") or []
+        rows = doc.get("summary") or [r for r in doc.get("rows") or []
+                                      if isinstance(r, dict) and {"what", "value"} <= set(r)]
         thr = doc.get("threads", {})
         torch_thr = thr.get("torch_num_threads") if isinstance(thr, dict) else None
         omp = (thr.get("env") or {}).get("OMP_NUM_THREADS") if isinstance(thr, dict) else None
@@ -181,13 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary_only:
         if args.setup_venvs:
             setup_venvs()
-        flags = (["--large"] if args.large else []) + (["--quick"] if args.quick else [])
-        flags += ["--results", str(results), *passthrough]
         deadline = time.perf_counter() + args.budget_min * 60
         for script in scripts:
             left = deadline - time.perf_counter()
             if left < 10:
                 runs.append({"script": script.name, "status": "skipped (budget)", "wall_s": 0.0})
+                continue
+            flags = script_args(script, args.large, args.quick, results, passthrough)
+            if flags is None:
+                runs.append({"script": script.name, "status": "skipped (no --large mode)",
+                             "wall_s": 0.0})
                 continue
             runs.append(run_script(script, flags, left))
     results.mkdir(parents=True, exist_ok=True)
@@ -196,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     out = results / "summary.md"
     out.write_text(render_summary(docs, runs, cmd))
     print(f"\nwrote {out}")
-    bad = [r for r in runs if r["status"] != "ok"]
+    bad = [r for r in runs if r["status"] not in ("ok", "skipped (no --large mode)")]
     for r in bad:
         print(f"!! {r['script']}: {r['status']}")
     return 1 if bad else 0

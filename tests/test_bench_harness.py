@@ -340,3 +340,17 @@ def test_peers_driver_block_mask_and_args():
     assert args.patch_size == [16, 64, 64] and args.peers == ["torchio", "monai"]
     with pytest.raises(SystemExit):
         PD.parse_args(["--input", "x.npy", "--peers", "albumentations"])
+
+
+def test_run_all_passes_only_flags_a_script_accepts(tmp_path):
+    script = tmp_path / "bench_fake.py"
+    script.write_text("import argparse\n"
+                      "ap = argparse.ArgumentParser()\n"
+                      "ap.add_argument('--quick', action='store_true')\n"
+                      "ap.parse_args()\n")
+    assert RA.script_args(script, False, True, tmp_path, []) == ["--quick"]
+    assert RA.script_args(script, False, False, tmp_path, ["--x"]) == ["--x"]
+    assert RA.script_args(script, True, False, tmp_path, []) is None  # no large mode
+    full = BENCH / "bench_baselines.py"
+    assert RA.script_args(full, True, True, tmp_path, []) == [
+        "--large", "--quick", "--results", str(tmp_path)]

@@ -144,3 +144,16 @@ def test_patch_size_one_valid_border_empty_region_is_zero(jit, monkeypatch):
         assert ms[0, 3, 4] == 0.0  # the region starting past the image end
         assert MaxPatchFilter.region_values(img, (1, 1), border=border)[3, 4] == 0.0
         assert ShannonPatchFilter.region_values(img, (1, 1), border=border)[3, 4] == 0.0
+
+
+@pytest.mark.skipif(not _jit.AVAILABLE, reason="numba not installed")
+def test_jit_max_with_dips_inside_regions():
+    # profiles that are high at the ends and low inside: the selection must not shortcut
+    x = np.zeros((1, 16, 16), np.float32)
+    x[0, :, 0] = 9
+    x[0, :, 15] = 9
+    x[0, 0, :] = 9
+    x[0, 15, :] = 9
+    for cov in (0.1, 0.5, 0.9, 1.0):
+        np.testing.assert_array_equal(K._max_coverage_jit(x, (4, 4), (4, 4), cov),
+                                      _numpy_max(x, (4, 4), (4, 4), cov))

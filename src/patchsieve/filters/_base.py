@@ -273,9 +273,14 @@ def expand_region_values(
         sl = tuple(slice(1 - oi, 1 - oi + nb) for oi, nb in zip(o, nblocks))
         blocks = padded[sl].copy() if blocks is None else np.maximum(blocks, padded[sl])
     assert blocks is not None
-    out = blocks
-    for ax, p in enumerate(patch_size):
-        out = np.repeat(out, p, axis=ax)
+    # one broadcast write: (nb0, 1, nb1, 1, ...) -> (nb0, p0, nb1, p1, ...)
+    full = tuple(nb * p for nb, p in zip(nblocks, patch_size))
+    out = np.empty(full, dtype=np.float64)
+    split = [x for nb, p in zip(nblocks, patch_size) for x in (nb, p)]
+    src = blocks.reshape([x for nb in nblocks for x in (nb, 1)])
+    out.reshape(split)[...] = src
+    if full == tuple(image_shape):
+        return out
     return np.ascontiguousarray(out[tuple(slice(0, s) for s in image_shape)])
 
 

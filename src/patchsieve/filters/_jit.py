@@ -58,50 +58,131 @@ def _cell_prefix_suffix_rows(g, p, pre, suf):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _select_kth_largest(f, k, bins, buf):  # pragma: no cover - compiled
-    """Exact k-th largest of ``f`` (1-based): 1024-bin histograms narrow the candidates
-    (a value's bin is a non-decreasing function of it, so the k-th largest lies in the bin
-    where the count from the top reaches ``k``), then a small sort finishes."""
+def _select_kth_largest(f, k, bins, buf, lo, hi):  # pragma: no cover - compiled
+    """Exact k-th largest of ``f`` (1-based); ``hi`` is its max, ``lo`` its min or any
+    value between min and max (values below ``lo`` share the lowest bin).
+
+    1024-bin histograms narrow the candidates (a value's bin is a non-decreasing function
+    of it, so the k-th largest lies in the bin where the count from the top reaches ``k``),
+    then a small sort finishes. Four interleaved histograms avoid the store-to-load stalls
+    of runs of equal values (max-filtered data is full of plateaus).
+    """
     src = f
     n = f.shape[0]
     r = k
-    while True:
-        lo = src[0]
-        hi = src[0]
+    if lo == hi:  # ``lo`` may be an upper bound of the minimum only: find the real one
         for i in range(n):
-            v = src[i]
+            v = f[i]
             lo = v if v < lo else lo
-            hi = v if v > hi else hi
+    while True:
         if lo == hi:
             return hi
         if n <= 256:
             part = np.sort(src[:n].copy())
             return part[n - r]
-        counts = np.zeros(_NBINS, np.int64)
+        counts = np.zeros((4, _NBINS), np.int64)
         scale = np.float32((_NBINS - 1) / (np.float64(hi) - np.float64(lo)))
         lo32 = np.float32(lo)
-        for i in range(n):
+        n4 = n - n % 4
+        for i in range(0, n4, 4):
+            for q in range(4):
+                b = np.int32((src[i + q] - lo32) * scale)
+                b = min(max(b, 0), _NBINS - 1)
+                bins[i + q] = b
+                counts[q, b] += 1
+        for i in range(n4, n):
             b = np.int32((src[i] - lo32) * scale)
-            b = b if b < _NBINS else _NBINS - 1
-            b = b if b > 0 else 0
+            b = min(max(b, 0), _NBINS - 1)
             bins[i] = b
-            counts[b] += 1
+            counts[0, b] += 1
         cum = 0
         b = _NBINS - 1
-        while b > 0 and cum + counts[b] < r:
-            cum += counts[b]
+        while b > 0:
+            c = counts[0, b] + counts[1, b] + counts[2, b] + counts[3, b]
+            if cum + c >= r:
+                break
+            cum += c
             b -= 1
         r = r - cum  # rank from the top inside bin b
         m = 0
+        nlo = hi
+        nhi = lo
         for i in range(n):
             if bins[i] == b:
-                buf[m] = src[i]
+                v = src[i]
+                buf[m] = v
                 m += 1
+                nlo = v if v < nlo else nlo
+                nhi = v if v > nhi else nhi
         if m == n:  # no progress possible with this binning (float rounding): sort
             part = np.sort(src[:n].copy())
             return part[n - r]
         src = buf[:m].copy()
         n = m
+        lo = nlo
+        hi = nhi
+
+
+@njit(cache=True, nogil=True)
+def _select_kth_largest_weighted(vals, cnts, m, k, lo, hi, bins):  # pragma: no cover
+    """Exact k-th largest of the multiset {vals[i] x cnts[i]} (i < m), min/max lo/hi.
+
+    One 1024-bin weighted histogram finds the bin holding the k-th largest (the bin is a
+    non-decreasing function of the value); the few items in that bin are sorted."""
+    if lo == hi:
+        return hi
+    counts = np.zeros(_NBINS, np.int64)
+    scale = (_NBINS - 1) / (np.float64(hi) - np.float64(lo))
+    for i in range(m):
+        b = np.int32((np.float64(vals[i]) - lo) * scale)
+        b = min(max(b, 0), _NBINS - 1)
+        bins[i] = b
+        counts[b] += cnts[i]
+    cum = 0
+    b = _NBINS - 1
+    while b > 0 and cum + counts[b] < k:
+        cum += counts[b]
+        b -= 1
+    r = k - cum
+    nb = 0
+    for i in range(m):
+        if bins[i] == b:
+            nb += 1
+    sel_v = np.empty(nb, vals.dtype)
+    sel_c = np.empty(nb, np.int64)
+    j = 0
+    for i in range(m):
+        if bins[i] == b:
+            sel_v[j] = vals[i]
+            sel_c[j] = cnts[i]
+            j += 1
+    order = np.argsort(sel_v)
+    acc = 0
+    for q in range(nb - 1, -1, -1):
+        acc += sel_c[order[q]]
+        if acc >= r:
+            return sel_v[order[q]]
+    return sel_v[order[0]]
+
+
+@njit(cache=True, nogil=True)
+def _rle_append(row, vals, cnts, t):  # pragma: no cover - compiled
+    """Append the runs of equal consecutive values of ``row`` to (vals, cnts) at ``t``."""
+    v = row[0]
+    c = 1
+    for j in range(1, row.shape[0]):
+        w = row[j]
+        if w == v:
+            c += 1
+        else:
+            vals[t] = v
+            cnts[t] = c
+            t += 1
+            v = w
+            c = 1
+    vals[t] = v
+    cnts[t] = c
+    return t + 1
 
 
 @njit(cache=True, nogil=True)
@@ -113,9 +194,9 @@ def _vmax(a, b, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _clipped_profile(pa, sa, pb, sb, p, h, out):  # pragma: no cover - compiled
+def _clipped_profile(pa, sa, pb, sb, p, h, out, lo, hi):  # pragma: no cover - compiled
     """One region's clipped size-``p`` max-filter profile (length 2p) along the last axis
-    from the prefix/suffix maxima of its two cells (each (..., p) 1D views here)."""
+    from the prefix/suffix maxima of its two cells; returns the updated (lo, hi)."""
     for j in range(h):
         out[j] = pa[j + p - h - 1]
     out[h] = sa[0]
@@ -129,6 +210,12 @@ def _clipped_profile(pa, sa, pb, sb, p, h, out):  # pragma: no cover - compiled
         out[p + j] = s if s > q else q
     for j in range(p - h):
         out[p + h + j] = sb[j]
+    # its max is the max of the two cells; an end value bounds the min from above
+    m = sa[0] if sa[0] > pb[p - 1] else pb[p - 1]
+    hi = m if m > hi else hi
+    e = out[0] if out[0] < out[2 * p - 1] else out[2 * p - 1]
+    lo = e if e < lo else lo
+    return lo, hi
 
 
 @njit(cache=True, nogil=True)
@@ -151,9 +238,10 @@ def max_coverage_stack(g, p1, p2, n1, n2, k, out):  # pragma: no cover - compile
     hrow = np.empty((D, R1, X), g.dtype)
     hpre = np.empty((D, R1, X), g.dtype)
     hsuf = np.empty((D, R1, X), g.dtype)
-    f = np.empty(D * R1 * R2, g.dtype)
+    prof = np.empty(R2, g.dtype)
+    vals = np.empty(D * R1 * R2, g.dtype)
+    cnts = np.empty(D * R1 * R2, np.int64)
     bins = np.empty(D * R1 * R2, np.int32)
-    buf = np.empty(D * R1 * R2, g.dtype)
     for a in range(n1):
         r0 = a * p1
         r1 = r0 + p1
@@ -170,32 +258,38 @@ def max_coverage_stack(g, p1, p2, n1, n2, k, out):  # pragma: no cover - compile
                 hrow[d, p1 + h1 + j, :] = suf[d, r1 + j, :]
             # x prefix/suffix within cells of p2 columns
             for i in range(R1):
-                row = hrow[d, i]
+                hr = hrow[d, i]
                 hp = hpre[d, i]
                 hs = hsuf[d, i]
                 for c0 in range(0, X, p2):
-                    m = row[c0]
+                    m = hr[c0]
                     for x in range(c0, c0 + p2):
-                        v = row[x]
+                        v = hr[x]
                         m = m if m > v else v
                         hp[x] = m
-                    m = row[c0 + p2 - 1]
+                    m = hr[c0 + p2 - 1]
                     for x in range(c0 + p2 - 1, c0 - 1, -1):
-                        v = row[x]
+                        v = hr[x]
                         m = m if m > v else v
                         hs[x] = m
         for b in range(n2):
             c0 = b * p2
             c1 = c0 + p2
             t = 0
+            lo = np.float32(np.inf)
+            hi = np.float32(-np.inf)
             for d in range(D):
                 for i in range(R1):
-                    _clipped_profile(
+                    lo, hi = _clipped_profile(
                         hpre[d, i, c0:c1], hsuf[d, i, c0:c1], hpre[d, i, c1:c1 + p2],
-                        hsuf[d, i, c1:c1 + p2], p2, h2, f[t:t + R2],
+                        hsuf[d, i, c1:c1 + p2], p2, h2, prof, lo, hi,
                     )
-                    t += R2
-            out[a, b] = _select_kth_largest(f, k, bins, buf)
+                    t = _rle_append(prof, vals, cnts, t)
+            # the filtered values come in long plateaus: select among (value, run) pairs
+            lo = hi
+            for q in range(t):
+                lo = vals[q] if vals[q] < lo else lo
+            out[a, b] = _select_kth_largest_weighted(vals, cnts, t, k, lo, hi, bins)
 
 
 @njit(cache=True, nogil=True)
@@ -248,20 +342,12 @@ def entropy_sum_xlogx(keys, p0, p1, p2, cells_shape, n_shape, table, out):  # pr
                     h = ((np.uint64(keys[l, z, y, x]) * mult) & mask32) >> sh
                     if seen[h] < 2:
                         seen[h] += 1
-    m = 0
-    for l in range(L):
-        for z in range(Z):
-            for y in range(Y):
-                for x in range(X):
-                    h = ((np.uint64(keys[l, z, y, x]) * mult) & mask32) >> sh
-                    if seen[h] >= 2:
-                        m += 1
-    ck = np.empty(m, np.uint32)
-    cc = np.empty(m, np.int32)
+    ck = np.empty(L * Z * Y * X, np.uint32)
+    cc = np.empty(L * Z * Y * X, np.int32)
     C0 = cells_shape[1] if nd == 3 else 1
     C1 = cells_shape[nd - 1]
     C2 = cells_shape[nd]
-    t = 0
+    m = 0
     for l in range(L):
         for z in range(Z):
             for y in range(Y):
@@ -270,9 +356,11 @@ def entropy_sum_xlogx(keys, p0, p1, p2, cells_shape, n_shape, table, out):  # pr
                     k = keys[l, z, y, x]
                     h = ((np.uint64(k) * mult) & mask32) >> sh
                     if seen[h] >= 2:
-                        ck[t] = k
-                        cc[t] = base + x // p2
-                        t += 1
+                        ck[m] = k
+                        cc[m] = base + x // p2
+                        m += 1
+    ck = ck[:m]
+    cc = cc[:m]
     sk, sc = _radix_sort_pairs(ck, cc)
     n_regions = out.shape[0]
     rc = np.zeros(n_regions, np.int64)

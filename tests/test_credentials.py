@@ -126,9 +126,6 @@ def test_api_run_writes_no_credentials(s3_server, s3_bucket, s3_demo, canary, cl
     assert scan_logs(caplog.records, canary) > 0, "nothing was logged"
 
 
-@pytest.mark.xfail(strict=True, reason="open_volume passes s3://KEY:SECRET@bucket URLs to s3fs, "
-                   "whose bucket-name error echoes the credentials; volume.py should strip or "
-                   "refuse credentials in the URL (the pipeline spec refuses them already)")
 def test_url_credentials_are_stripped(s3_server, s3_demo, canary, client, tmp_path):
     """Credentials embedded in the URL itself (user:password@) are not stored either."""
     from patchsieve.compute import compute
@@ -250,8 +247,6 @@ def test_refused_credentials_do_not_leak(auth_s3, canary, client, tmp_path, capl
     assert_clean(res.stderr, canary, "CLI stderr")
 
 
-@pytest.mark.xfail(strict=True, reason="open_volume lets s3fs' bare PermissionError('Forbidden') "
-                   "escape; issue 7 asks for a StorageError naming the object key")
 def test_refused_credentials_error_names_the_object(auth_s3, canary, client, tmp_path):
     from patchsieve.compute import compute
     from patchsieve.config import ShannonPatchFilterConfig

@@ -34,6 +34,10 @@ from patchsieve.errors import (
     VolumeNotFoundError,
 )
 
+# ``compute`` is both a submodule and a function: bind the function eagerly, otherwise importing
+# the submodule anywhere would leave ``patchsieve.compute`` pointing at the module.
+from patchsieve.compute import compute  # noqa: E402
+
 #: public name -> module that defines it (imported on first access)
 _LAZY = {
     # CAREamics filter API
@@ -56,7 +60,6 @@ _LAZY = {
     "normalize_patch_size": "patchsieve.grid",
     "region_stats": "patchsieve.regions",
     # side-car
-    "compute": "patchsieve.compute",
     "open_sidecar": "patchsieve.sidecar",
     "Sidecar": "patchsieve.sidecar",
     # sampling / dataset
@@ -85,6 +88,7 @@ __all__ = sorted(
         "VolumeError",
         "VolumeNotFoundError",
         "__version__",
+        "compute",
         *_LAZY,
     ]
 )

@@ -39,7 +39,7 @@ def run_demo(data_dir: str | os.PathLike[str], output: str | os.PathLike[str], *
     import matplotlib.pyplot as plt
 
     from patchsieve.compute import compute
-    from patchsieve.config import MaxPatchFilterConfig, ShannonPatchFilterConfig
+    from patchsieve.config import MeanStdPatchFilterConfig, ShannonPatchFilterConfig
     from patchsieve.demo import write_demo_data
     from patchsieve.filters import MaxPatchFilter, MeanStdPatchFilter, ShannonPatchFilter
     from patchsieve.volume import open_volume
@@ -86,14 +86,16 @@ def run_demo(data_dir: str | os.PathLike[str], output: str | os.PathLike[str], *
         f"({time.perf_counter() - t1:.1f} s)")
     t2 = time.perf_counter()
     vol = open_volume(paths["vol3d2c"])
-    thr = float(np.percentile(np.asarray(vol.isel(c=1, z=vol.sizes["z"] // 2).values), 60))
-    sc3 = compute(paths["vol3d2c"], MaxPatchFilterConfig(threshold=round(thr, 1), ref_channel=1),
+    mid = np.asarray(vol.isel(c=1, z=vol.sizes["z"] // 2).values)
+    # mean threshold halfway between the dim background and the bright structures
+    thr = round(float(np.percentile(mid, 5) + np.percentile(mid, 95)) / 2, 1)
+    sc3 = compute(paths["vol3d2c"], MeanStdPatchFilterConfig(mean_threshold=thr, ref_channel=1),
                   (16, 64, 64), out / "vol3d2c.patchsieve.zarr", labels=True, progress=True)
-    fo3 = sc3.filter_out("max")
+    fo3 = sc3.filter_out("mean_std")
     lines.append(
-        f"side-car {sc3.path}: Max (threshold {round(thr, 1)}, coverage 0.125, ref_channel 1) on "
+        f"side-car {sc3.path}: MeanStd (mean threshold {thr}, ref_channel 1) on "
         f"{fo3.size} regions -> {fo3.mean() * 100:.1f} % background; OME-Zarr labels in "
-        f"{sc3.path}/labels/max ({time.perf_counter() - t2:.1f} s)")
+        f"{sc3.path}/labels/mean_std ({time.perf_counter() - t2:.1f} s)")
     norm = sc3.normalization()
     lines.append(f"  normalisation per channel: mean {np.round(norm['mean'], 1).tolist()}, "
                  f"std {np.round(norm['std'], 1).tolist()}")

@@ -44,6 +44,8 @@ def _main(
     level = logging.WARNING if quiet else (logging.INFO if verbose == 1 else
                                            logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    import distributed  # noqa: F401 - configures its loggers on import; override them after
+
     for noisy in ("distributed", "werkzeug", "botocore", "aiobotocore", "s3fs", "fsspec"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 

@@ -58,7 +58,7 @@ import xarray as xr
 import zarr
 from zarr.abc.store import Store
 
-from patchsieve.errors import AxesError, DataError, VolumeError, VolumeNotFoundError
+from patchsieve.errors import AxesError, DataError, StorageError, VolumeError, VolumeNotFoundError
 
 __all__ = [
     "DIM_ORDER",
@@ -218,6 +218,12 @@ def _store_from(source: str, storage_options: Mapping[str, Any] | None) -> Store
                 f"Fix: check the path (cwd is {os.getcwd()!r})."
             )
         return zarr.storage.LocalStore(path, read_only=True)
+    if "@" in urllib.parse.urlsplit(source).netloc:
+        raise VolumeError(
+            f"source={strip_credentials(source)!r} carries credentials in the URL (user:secret@). "
+            "Fix: remove them from the URL and pass them in storage_options (e.g. {'key': ..., "
+            "'secret': ...}), the environment or a profile file."
+        )
     try:
         return zarr.storage.FsspecStore.from_url(
             source, storage_options=dict(storage_options or {}), read_only=True
@@ -240,6 +246,14 @@ def _open_zarr_node(store: Store | str, path: str, label: str) -> zarr.Array | z
             f"source={where!r} holds no Zarr array or group (no zarr.json/.zarray/.zgroup). "
             f"Fix: check the path or URL and storage_options."
         ) from err
+    except (PermissionError, OSError) as err:  # denied / wrong credentials / unreachable
+        where = f"{label}/{path}" if path else label
+        raise StorageError(
+            f"reading the metadata object {where.rstrip('/')}/zarr.json (or .zgroup/.zarray) "
+            f"failed: {type(err).__name__} (access denied, wrong credentials or unreachable "
+            "endpoint). Fix: check the credentials in storage_options / the environment, the "
+            "endpoint_url and the bucket policy."
+        ) from None
 
 
 def open_zarr_array(

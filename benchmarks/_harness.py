@@ -617,7 +617,19 @@ def run_careamics(phases: Sequence[str], inputs: Mapping[str, Any], *,
     -------
     dict or None
         The driver's JSON, or None (with the reason printed) when the venv is missing or the
-        driver failed.
+        driver failed. Layout (per phase under ``doc["phases"]``)::
+
+            {"careamics": "0.3.5", "torch": ..., "threads": {...}, "input": {...},
+             "phases": {
+               "filter_map": {"max": {"median_s", "runs_s", "MBps", "Mpix_per_s", ...}, ...},
+               "filter_background": {"max": {"median_s", "runs_s", "MBps",
+                                             "n_patches_before", "n_patches_after", ...}, ...},
+               "dataloader": [{"patch_filter": "max", "num_workers": 0,
+                               "patches_per_s_median", "patches_per_s_runs",
+                               "first_batch_s", "dataset_len", "create_train_dataset_s"}, ...],
+               "stratified": {"n_patches_per_epoch", "n_background_regions",
+                              "export_draws", ...}},
+             "driver_peak_rss_bytes": ..., "driver_wall_s": ...}
     """
     venv = venv or os.environ.get("PATCHSIEVE_CAREAMICS_VENV") or CAREAMICS_VENV
     args = ["--phases", ",".join(phases), "--repeat", str(repeat)]
@@ -668,6 +680,13 @@ def run_peers(inputs: Mapping[str, Any], *, peers: Sequence[str] = ("torchio", "
         call separately with ``peers=("zarrdataset",)``).
     venv : path, optional
         Default: ``.venv-zarrdataset`` when ``peers == ("zarrdataset",)``, else ``.venv-peers``.
+
+    Returns
+    -------
+    dict or None
+        ``{"versions", "threads", "input", "results": [{"peer": "monai", "num_workers": 0,
+        "patches_per_s", "patches_per_s_runs", "first_batch_s", "api", ...}, ...]}``, or None
+        (reason printed) when the venv is missing or the driver failed.
     """
     if venv is None:
         venv = ZARRDATASET_VENV if tuple(peers) == ("zarrdataset",) else PEERS_VENV

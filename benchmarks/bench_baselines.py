@@ -60,7 +60,8 @@ def dask_read(array_path: str | os.PathLike, scheduler: str = "threads", *, repe
 
         def fn():
             return client.compute(x.sum(dtype=acc)).result()
-        fn()  # warm the workers (imports, first open)
+        first = x[tuple(slice(0, c) for c in x.chunksize)]
+        client.compute(first.sum(dtype=acc)).result()  # warm the workers (imports, open)
     else:
         def fn():
             return x.sum(dtype=acc).compute(scheduler=scheduler)

@@ -16,16 +16,15 @@ from patchsieve.errors import ConfigError
 from patchsieve.sampling import (
     StratifiedPatching,
     careamics_n_patches,
-    execution_order,
+    chunk_groups,
     pack_regions,
     region_areas,
     shard_positions,
+    worker_orders,
     worker_positions_from_batches,
 )
 
-CAREAMICS_PY = (
-    Path(__file__).resolve().parents[1] / "benchmarks" / ".venv-careamics" / "bin" / "python"
-)
+CAREAMICS_PY = Path(__file__).resolve().parents[1] / "benchmarks" / ".venv-careamics" / "bin" / "python"
 
 
 # --------------------------------------------------------------------------- references
@@ -182,9 +181,7 @@ def _write_oracle(tmp_path):
 
 
 @pytest.mark.careamics
-@pytest.mark.skipif(
-    not CAREAMICS_PY.exists(), reason="CAREamics venv absent (benchmarks/careamics-env.sh)"
-)
+@pytest.mark.skipif(not CAREAMICS_PY.exists(), reason="CAREamics venv absent (benchmarks/careamics-env.sh)")
 def test_matches_real_careamics_stratified_patching(tmp_path):
     rng = np.random.default_rng(11)
     cases, inp = [], {"ntrials": 80, "epochs": 200}
@@ -237,9 +234,7 @@ def _sampler_with_grid(shape, ps, frac_bg, p, n_samples, seed, mode="per_epoch",
     areas, _ = region_areas(shape, ps)
     rng = np.random.default_rng(seed)
     bg = rng.random((n_samples, *areas.shape)) < frac_bg
-    return StratifiedPatching(
-        shape, ps, np.where(bg, p, 1.0), background=bg, mode=mode, seed=seed, **kw
-    )
+    return StratifiedPatching(shape, ps, np.where(bg, p, 1.0), background=bg, mode=mode, seed=seed, **kw)
 
 
 def _realized(sp, n_min=100_000):
@@ -322,9 +317,7 @@ def test_plans_are_deterministic_and_epochs_differ():
     np.testing.assert_array_equal(a, b)
     assert len(a) == len(c) == sp.epoch_length
     assert not np.array_equal(a, c)
-    other_seed = StratifiedPatching(
-        (200, 300), (32, 32), sp.weights, background=sp.background, seed=10
-    )
+    other_seed = StratifiedPatching((200, 300), (32, 32), sp.weights, background=sp.background, seed=10)
     assert not np.array_equal(other_seed.epoch_plan(3), a)
 
 
@@ -355,20 +348,32 @@ def test_shards_cover_the_truncated_plan_without_duplicates(n_plan):
     assert unions[(2, 0)] == unions[(1, 0)] - ({n_plan - 1} if n_plan % 2 else set())
 
 
-def test_execution_order_groups_chunks_within_windows():
+@pytest.mark.parametrize("num_workers", [0, 1, 2, 3])
+def test_worker_orders_partition_the_share_run_by_run(num_workers):
     rng = np.random.default_rng(0)
-    keys = rng.integers(0, 20, 1000)
-    np.testing.assert_array_equal(execution_order(keys, 0), np.arange(1000))
-    for window in (1, 7, 64, 5000):
-        perm = execution_order(keys, window)
-        np.testing.assert_array_equal(np.sort(perm), np.arange(1000))  # same patches
-        np.testing.assert_array_equal(perm // window, np.arange(1000) // window)  # stays in window
-        for start in range(0, 1000, window):
-            k = keys[perm[start : start + window]]
-            assert (np.diff(np.flatnonzero(np.r_[True, k[1:] != k[:-1]])).size + 1) == len(
-                np.unique(k)
-            )
-    assert len(np.flatnonzero(np.diff(keys[execution_order(keys, 5000)]))) + 1 == 20
+    n_chunks, n = 40, 1001
+    ids = rng.integers(0, n_chunks, n)
+    interleaved = worker_orders(None, n, num_workers)
+    for window in (0, 1, 7, 40):
+        groups = chunk_groups(ids, n_chunks, window)
+        orders = worker_orders(groups, n, num_workers)
+        allpos = np.concatenate(orders)
+        np.testing.assert_array_equal(np.sort(allpos), np.arange(n))  # same patches, once each
+        assert [len(o) for o in orders] == [len(o) for o in interleaved]  # sizes fixed
+        if window == 0:
+            assert all(np.array_equal(a, b) for a, b in zip(orders, interleaved, strict=True))
+            continue
+        seq = groups[allpos]
+        runs = seq[np.r_[True, seq[1:] != seq[:-1]]]
+        assert len(runs) == len(np.unique(seq))  # each run executed contiguously
+        firsts = [int(np.flatnonzero(groups == g)[0]) for g in runs]
+        assert firsts == sorted(firsts)  # runs in order of first appearance
+        for g in np.unique(seq):  # patches of a run keep plan order
+            p = allpos[seq == g]
+            assert (np.diff(p) > 0).all()
+        spans = (ids - ids[0]) % n_chunks  # a run holds `window` neighbouring chunks
+        for g in np.unique(groups):
+            assert np.ptp(spans[groups == g]) < window
 
 
 def test_worker_positions_follow_dataloader_round_robin():

@@ -44,8 +44,9 @@ from patchsieve.errors import (
 from patchsieve.sampling import (
     MODES,
     StratifiedPatching,
-    execution_order,
+    chunk_groups,
     shard_positions,
+    worker_orders,
     worker_positions_from_batches,
 )
 
@@ -244,9 +245,11 @@ class PatchDataset(IterableDataset):
         Seed of the epoch plans.
     epoch_length : int, optional
         Patches per epoch for ``with_replacement``.
-    shuffle_window : int
-        Window (patches) inside which a worker groups its patches by storage chunk; 0 = plan
-        order.
+    shuffle_window : int, optional
+        Chunks per run of the chunk-aware execution order (:mod:`patchsieve.sampling`): a batch
+        mixes patches of up to this many neighbouring storage chunks, each decoded about once
+        per epoch. Default: what half of ``cache_bytes`` holds (see :meth:`window`); 0 = plan
+        order (every patch may need a fresh chunk).
     cache_bytes : int
         Bound of the per-worker cache of decoded chunks (input and target each).
     normalize : bool
@@ -288,7 +291,7 @@ class PatchDataset(IterableDataset):
         target_channels: int | Sequence[int] | None = None,
         seed: int = 0,
         epoch_length: int | None = None,
-        shuffle_window: int = 1024,
+        shuffle_window: int | None = None,
         cache_bytes: int = 256 * 2**20,
         normalize: bool = False,
         transform: Callable[..., Any] | None = None,
@@ -305,7 +308,7 @@ class PatchDataset(IterableDataset):
         super().__init__()
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}; got {mode!r}.")
-        if int(shuffle_window) < 0 or int(cache_bytes) < 0:
+        if (shuffle_window is not None and int(shuffle_window) < 0) or int(cache_bytes) < 0:
             raise ConfigError("shuffle_window and cache_bytes must be >= 0.")
         if source is None and sidecar is None:
             raise ConfigError("pass source (a volume) or sidecar (a completed side-car).")
@@ -342,7 +345,8 @@ class PatchDataset(IterableDataset):
             epoch_length=epoch_length,
         )
         self.mode, self.seed = mode, int(seed)
-        self.shuffle_window, self.cache_bytes = int(shuffle_window), int(cache_bytes)
+        self.shuffle_window = None if shuffle_window is None else int(shuffle_window)
+        self.cache_bytes = int(cache_bytes)
         self.transform, self.return_metadata = transform, bool(return_metadata)
         self._norm = self._norm_stats(sc) if normalize else None
         src = sc.source if source is None else source
@@ -615,24 +619,51 @@ class PatchDataset(IterableDataset):
     def __len__(self) -> int:
         return self.sampler.epoch_length // self.world_size
 
-    def _shard(self, epoch: int, worker: int, num_workers: int) -> np.ndarray:
+    def _orders(self, epoch: int, num_workers: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """This rank's share of the epoch plan and every worker's execution order of it."""
         plan = self.sampler.epoch_plan(epoch)
-        pos = shard_positions(
-            len(plan),
-            rank=self.rank,
-            world_size=self.world_size,
-            worker=worker,
-            num_workers=num_workers,
-        )
-        shard = plan[pos]
-        return shard[execution_order(self._chunk_keys(shard), self.shuffle_window)]
+        share = plan[shard_positions(len(plan), rank=self.rank, world_size=self.world_size)]
+        ids, n_chunks = self._chunk_ids(share)
+        groups = chunk_groups(ids, n_chunks, self.window(num_workers))
+        return share, worker_orders(groups, len(share), num_workers)
 
-    def _chunk_keys(self, shard: np.ndarray) -> np.ndarray:
+    def _shard(self, epoch: int, worker: int, num_workers: int) -> np.ndarray:
+        share, orders = self._orders(epoch, num_workers)
+        return share[orders[worker]]
+
+    def _chunk_grid(self) -> tuple[list[int], list[int]]:
         ch = self._reader.chunks
         spatial_ch = [ch[self.dims.index(d)] for d in self.spatial_dims]
-        sizes = [self.sampler.spatial_shape[i] // c + 1 for i, c in enumerate(spatial_ch)]
-        idx = [shard["sample"]] + [shard["origin"][:, i] // c for i, c in enumerate(spatial_ch)]
-        return np.ravel_multi_index(idx, [max(self.sampler.n_samples, 1)] + sizes)
+        n = [-(-self.sampler.spatial_shape[i] // c) for i, c in enumerate(spatial_ch)]
+        return spatial_ch, n
+
+    def _chunk_ids(self, entries: np.ndarray) -> tuple[np.ndarray, int]:
+        """Linear index of the storage chunk holding each patch origin, and the chunk count."""
+        spatial_ch, n = self._chunk_grid()
+        idx = [entries["sample"]] + [entries["origin"][:, i] // c for i, c in enumerate(spatial_ch)]
+        dims = [max(self.sampler.n_samples, 1), *n]
+        return np.ravel_multi_index(idx, dims), int(np.prod(dims))
+
+    def window(self, num_workers: int = 0) -> int:
+        """Chunks per run of the execution order (``shuffle_window`` or the automatic choice).
+
+        Automatic: as many chunks as half the cache holds (room for the neighbours that
+        patches straddle), at most ``n_chunks / (2 * workers)`` so that every worker gets runs.
+        """
+        if self.shuffle_window is not None:
+            return self.shuffle_window
+        spatial_ch, n = self._chunk_grid()
+        arr_ch = self._reader.chunks
+        itemsize = np.dtype(self._reader.array().dtype).itemsize
+        c_read = 1
+        if "c" in self.dims:
+            cc = arr_ch[self.dims.index("c")]
+            c_read = cc * len({c // cc for c in self.channels})
+        chunk_bytes = int(np.prod(spatial_ch)) * c_read * itemsize
+        n_chunks = max(self.sampler.n_samples, 1) * int(np.prod(n))
+        by_cache = max(self.cache_bytes // max(2 * chunk_bytes, 1), 1)
+        by_balance = max(-(-n_chunks // (2 * max(int(num_workers), 1))), 1)
+        return int(min(by_cache, by_balance))
 
     def shard_sizes(self, num_workers: int) -> list[int]:
         """Patches per DataLoader worker of this rank (``num_workers=0``: one entry)."""

@@ -39,15 +39,19 @@ Expected share of background patches per epoch (``expected_background_fraction``
 
 Sharding rule: an epoch plan of ``n`` patches is truncated to ``n_keep = n - n % world_size``
 (like ``DistributedSampler(drop_last=True)``), rank ``r`` takes plan positions
-``r, r + world_size, ...`` (``n_keep // world_size`` patches, the same for every rank) and the
-DataLoader workers of a rank split the rank's share by interleaving (worker ``w`` of ``W`` takes
-every ``W``-th patch starting at ``w``). The union over all ranks and workers is the truncated
-plan whatever ``(world_size, num_workers)``; shards are disjoint.
+``r, r + world_size, ...`` (``n_keep // world_size`` patches, the same for every rank), and the
+DataLoader workers of a rank split the rank's share (:func:`worker_orders`). The union over all
+ranks and workers is the truncated plan whatever ``(world_size, num_workers)``; shards are
+disjoint.
 
-Execution order: a worker cuts its shard into consecutive windows of ``shuffle_window`` patches
-and, inside each window, groups patches by the storage chunk of their origin (chunks in order of
-first appearance, patches of a chunk in plan order). Reordering never changes which patches are
-drawn, only when; ``shuffle_window=0`` keeps plan order.
+Execution order (chunk-aware, bounded shuffle window): the storage chunks are cut into runs of
+``window`` neighbouring chunks (:func:`chunk_groups`); a rank's patches are ordered run by run
+(runs in order of first appearance in the plan, patches of a run in plan order, i.e. random)
+and the workers take consecutive pieces of that order, of the same sizes as the interleaved
+split, so batch counts do not change between epochs. A run's decoded
+chunks fit the worker's cache, so each chunk is decoded about once per epoch while a batch still
+mixes patches of up to ``window`` chunks. Reordering never changes which patches are drawn,
+only when and by which worker; ``window=0`` keeps plan order with interleaved workers.
 
 Resume: a worker's position is the number of patches of its execution order already consumed;
 skipping that many patches resumes the epoch exactly.
@@ -72,11 +76,12 @@ __all__ = [
     "SamplingMode",
     "StratifiedPatching",
     "careamics_n_patches",
-    "execution_order",
+    "chunk_groups",
     "pack_regions",
     "plan_dtype",
     "region_areas",
     "shard_positions",
+    "worker_orders",
     "worker_positions_from_batches",
 ]
 
@@ -220,9 +225,7 @@ class _Buckets:
             self.add(v + inc, arr)
 
 
-def pack_regions(
-    adjusted: ArrayLike, is_int: ArrayLike, n_bins: int
-) -> tuple[int, NDArray[np.int64]]:
+def pack_regions(adjusted: ArrayLike, is_int: ArrayLike, n_bins: int) -> tuple[int, NDArray[np.int64]]:
     """CAREamics' ``_region_bin_packing`` (best-fit decreasing, growing capacity), vectorised.
 
     Parameters
@@ -421,9 +424,7 @@ class StratifiedPatching:
         if epoch_length is not None and (int(epoch_length) <= 0):
             raise ConfigError(f"epoch_length must be a positive int; got {epoch_length!r}.")
         if mode == "with_replacement":
-            self.epoch_length = (
-                int(epoch_length) if epoch_length else int(self.n_patches_per_sample.sum())
-            )
+            self.epoch_length = int(epoch_length) if epoch_length else int(self.n_patches_per_sample.sum())
         else:
             if epoch_length is not None:
                 raise ConfigError(
@@ -514,9 +515,7 @@ class StratifiedPatching:
         if self.mode == "with_replacement":
             v = self.epoch_length * adj / max(adj.sum(), 1e-300)
         else:
-            v = np.where(
-                tot > 0, adj * self.n_patches_per_sample[:, None] / np.where(tot > 0, tot, 1), 0.0
-            )
+            v = np.where(tot > 0, adj * self.n_patches_per_sample[:, None] / np.where(tot > 0, tot, 1), 0.0)
         return v.reshape(self.n_samples, *self.grid_shape)
 
     def expected_background_fraction(self) -> float:
@@ -546,9 +545,7 @@ class StratifiedPatching:
             sample, region = sample[perm], region[perm]
         return self._make_plan(rng, sample, region)
 
-    def _draw_stratified(
-        self, rng: np.random.Generator
-    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    def _draw_stratified(self, rng: np.random.Generator) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         nb = self._bin_sample.size
         if nb == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -568,9 +565,7 @@ class StratifiedPatching:
         if self._flat_cum.size == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         target = rng.random(self.epoch_length) * self._flat_cum[-1]
-        k = np.minimum(
-            np.searchsorted(self._flat_cum, target, side="right"), self._flat_cum.size - 1
-        )
+        k = np.minimum(np.searchsorted(self._flat_cum, target, side="right"), self._flat_cum.size - 1)
         flat = self._flat_nz[k]
         return flat // self.areas.size, flat % self.areas.size
 
@@ -583,9 +578,7 @@ class StratifiedPatching:
         coords = np.unravel_index(region, self.grid_shape)
         for d in range(ndim):
             length = self.lengths[d][coords[d]]
-            plan["origin"][:, d] = coords[d] * self.patch_size[d] + rng.integers(
-                0, np.maximum(length, 1)
-            )
+            plan["origin"][:, d] = coords[d] * self.patch_size[d] + rng.integers(0, np.maximum(length, 1))
         flat_w = self.weights.reshape(self.n_samples, -1)
         flat_bg = self.background.reshape(self.n_samples, -1)
         plan["weight"] = flat_w[sample, region]
@@ -619,30 +612,53 @@ def shard_positions(
     return np.arange(rank, n_keep, world_size, dtype=np.int64)[worker::nw]
 
 
-def execution_order(chunk_keys: ArrayLike, window: int) -> NDArray[np.int64]:
-    """Permutation grouping a shard by storage chunk inside windows of ``window`` patches.
+def chunk_groups(chunk_ids: ArrayLike, n_chunks: int, window: int) -> NDArray[np.int64] | None:
+    """Group of every patch: runs of ``window`` consecutive storage chunks (None: plan order).
 
-    Chunks appear in order of first appearance within each window; patches of one chunk keep
-    plan order. ``window <= 0`` returns the identity.
+    ``chunk_ids`` is the linear index (sample-major, C order) of the storage chunk holding each
+    patch origin, in plan order. Chunks are cut into runs of ``window`` neighbouring chunks,
+    starting at the chunk of the first patch (so the cut moves with every epoch's plan);
+    ``window <= 0`` returns None (no grouping).
 
     Examples
     --------
-    >>> execution_order([3, 1, 3, 2, 1, 1], 4).tolist()
-    [0, 2, 1, 3, 4, 5]
+    >>> chunk_groups([5, 0, 7, 6, 1], 8, 2).tolist()
+    [0, 1, 1, 0, 2]
     """
-    keys = np.asarray(chunk_keys, dtype=np.int64)
-    n = keys.size
+    ids = np.asarray(chunk_ids, dtype=np.int64)
+    if window <= 0:
+        return None
+    if ids.size == 0:
+        return ids.copy()
+    return ((ids - ids[0]) % max(int(n_chunks), 1)) // int(window)
+
+
+def worker_orders(groups: ArrayLike | None, n: int, num_workers: int) -> list[NDArray[np.int64]]:
+    """Split a rank's share (``n`` patches, plan order) between workers, in execution order.
+
+    Without groups (``None``): worker ``w`` takes positions ``w, w + W, ...`` in plan order.
+    With groups (:func:`chunk_groups`): the share is ordered run by run (runs ranked by their
+    first appearance in the plan, the patches of a run in plan order) and cut into ``W``
+    consecutive pieces, so that each worker reads its own runs. Either way worker ``w`` gets
+    ``len(range(w, n, W))`` patches, the same every epoch, and the workers' positions partition
+    ``range(n)``: reordering changes when a patch is read, never which patches are read.
+
+    Examples
+    --------
+    >>> [o.tolist() for o in worker_orders([1, 0, 1, 0, 2], 5, 2)]
+    [[0, 2, 1], [3, 4]]
+    """
+    nw = max(int(num_workers), 1)
     pos = np.arange(n, dtype=np.int64)
-    if window <= 0 or n == 0:
-        return pos
-    wid = pos // int(window)
-    o = np.lexsort((pos, keys, wid))
-    sk, sw = keys[o], wid[o]
-    new = np.concatenate([[True], (sk[1:] != sk[:-1]) | (sw[1:] != sw[:-1])])
-    first_of_group = pos[o][new][np.cumsum(new) - 1]
-    first = np.empty(n, np.int64)
-    first[o] = first_of_group
-    return np.lexsort((pos, first))
+    if groups is None:
+        return [pos[w::nw] for w in range(nw)]
+    g = np.asarray(groups, dtype=np.int64)
+    uniq, first = np.unique(g, return_index=True)
+    rank_of = np.empty(uniq.size, np.int64)
+    rank_of[np.argsort(first, kind="stable")] = np.arange(uniq.size)
+    order = np.lexsort((pos, rank_of[np.searchsorted(uniq, g)]))
+    bounds = np.concatenate([[0], np.cumsum([len(range(w, n, nw)) for w in range(nw)])])
+    return [order[bounds[w] : bounds[w + 1]] for w in range(nw)]
 
 
 def worker_positions_from_batches(

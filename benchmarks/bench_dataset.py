@@ -1,0 +1,278 @@
+"""PatchDataset throughput vs one-zarr-read-per-patch, epoch time vs a plain Dask read (issue 6).
+
+Measured in one run, on the cached benchmark volumes (``benchmarks/data.py``):
+
+- ``hagen2d`` (79x1024x1024 float32, chunks 1x512x512), patch 64x64, Max filter;
+- ``vol3d`` (2x64x512x512 uint16 CZYX, chunks 1x32x256x256 = 4 MiB... per channel), patch
+  16x64x64, Max filter on channel 1.
+
+For each: patches/s of ``PatchDataset`` at num_workers 0 and 2 (fork and spawn; worker start-up
+included and reported apart) over one full ``per_epoch`` epoch, against the baseline of one zarr
+read per patch for the same plan (median of --repeat); epoch time at num_workers 2 against the
+time to read the whole volume once with plain Dask (threads); distinct chunks per batch for the
+default shuffle window vs plan order; time to first batch (num_workers 0, completed side-car);
+optionally (``--careamics``) CAREamics' own in-memory dataset with the same filter.
+
+Usage::
+
+    python benchmarks/bench_dataset.py            # both volumes
+    python benchmarks/bench_dataset.py --quick    # 12 slices of hagen2d, vol3d
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as h  # noqa: E402
+import data as bench_data  # noqa: E402
+
+BATCH = 64
+
+
+def _sidecar(ds, cfg, patch, out: Path):
+    from distributed import Client, LocalCluster
+
+    from patchsieve.compute import compute
+    from patchsieve.sidecar import open_sidecar
+
+    try:
+        return open_sidecar(out)
+    except Exception:  # absent or incomplete: compute it once, cached beside the volume data
+        pass
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cl,
+        Client(cl, set_as_default=False) as c,
+    ):
+        return compute(str(ds.zarr_path), [cfg], patch, out, client=c, overwrite=True)
+
+
+def _iterate(loader) -> tuple[int, float, float]:
+    """(patches, seconds to the first batch, total seconds) of one pass."""
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    for batch in loader:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        n += x.shape[0]
+        if first is None:
+            first = time.perf_counter() - t0
+    return n, first or 0.0, time.perf_counter() - t0
+
+
+def _one_read_per_patch(ds, url, array_path, plan, limit):
+    """Baseline: one zarr read per patch (no cache), for the first ``limit`` plan entries."""
+    from patchsieve.volume import open_zarr_array
+
+    arr = open_zarr_array(url, array_path)
+    dims = ds.dims
+    sel = plan[:limit]
+
+    def run():
+        for e in sel:
+            lo, hi = ds._box(e, dims, arr.shape, ds.channels)
+            np.asarray(arr[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))])
+        return len(sel)
+
+    return run
+
+
+def _distinct_chunks_per_batch(ds, window: int | None) -> float:
+    """Mean number of distinct storage chunks in a batch of one worker (num_workers 2)."""
+    from patchsieve.sampling import chunk_groups, shard_positions, worker_orders
+
+    plan = ds.sampler.epoch_plan(0)
+    share = plan[shard_positions(len(plan))]
+    ids, n_chunks = ds._chunk_ids(share)
+    win = ds.window(2) if window is None else window
+    counts = []
+    for order in worker_orders(chunk_groups(ids, n_chunks, win), len(share), 2):
+        keys = ids[order]
+        counts += [len(np.unique(keys[i : i + BATCH])) for i in range(0, len(keys), BATCH)]
+    return float(np.mean(counts))
+
+
+def bench_volume(name, ds_spec, cfg, patch, channels, args, careamics_inputs=None):
+    import dask.array as da
+
+    from patchsieve.dataset import PatchDataset
+    from patchsieve.volume import open_zarr_array
+
+    ds = bench_data.ensure(ds_spec, args.cache)
+    sc_path = ds.root / f"bench_dataset_{'x'.join(map(str, patch))}.patchsieve.zarr"
+    t0 = time.perf_counter()
+    sc = _sidecar(ds, cfg, patch, sc_path)
+    t_sidecar = time.perf_counter() - t0
+    url = str(ds.zarr_path)
+    rows, out = [], {"dataset": ds.info(), "patch_size": patch, "sidecar_s": t_sidecar}
+
+    # time to first batch, num_workers 0, completed side-car (includes opening it + the plan)
+    t0 = time.perf_counter()
+    pds = PatchDataset(url, sidecar=str(sc_path), channels=channels, seed=0)
+    loader0 = pds.loader(batch_size=BATCH)
+    next(iter(loader0))
+    out["first_batch_s_nw0"] = time.perf_counter() - t0
+    n_epoch = len(pds)
+    out["patches_per_epoch"] = n_epoch
+
+    # baseline: one zarr read per patch (median of repeat), same plan
+    limit = min(n_epoch, 1500 if len(patch) == 2 else 400)
+    base = h.median_time(
+        _one_read_per_patch(pds, url, sc.array_path, pds.sampler.epoch_plan(0), limit), repeat=args.repeat
+    )
+    base_rate = limit / base.median_s
+    out["one_read_per_patch_per_s"] = base_rate
+
+    # plain Dask read of the whole volume (threads)
+    arr = open_zarr_array(url, sc.array_path)
+    dread = h.median_time(
+        lambda: da.from_zarr(arr).sum(dtype="float64").compute(scheduler="threads"), repeat=args.repeat
+    )
+    out["dask_read_s"] = dread.median_s
+
+    results = {}
+    for nw, ctx in ((0, None), (2, "fork"), (2, "spawn")):
+
+        def run(nw=nw, ctx=ctx):
+            d = PatchDataset(url, sidecar=str(sc_path), channels=channels, seed=0)
+            kw = {"batch_size": BATCH, "num_workers": nw}
+            if nw:
+                kw["multiprocessing_context"] = ctx
+            return _iterate(d.loader(**kw))
+
+        t = h.median_time(run, repeat=args.repeat)
+        n, first, total = t.result
+        steady = (n - BATCH) / max(total - first, 1e-9)
+        key = f"nw{nw}" + (f"_{ctx}" if ctx else "")
+        results[key] = {
+            "patches": n,
+            "epoch_s": t.median_s,
+            "patches_per_s": n / t.median_s,
+            "steady_patches_per_s": steady,
+            "first_batch_s": first,
+        }
+        rows.append(
+            h.summary_row(
+                f"{name} PatchDataset {key} patches/s (epoch, start-up incl.)",
+                n / t.median_s,
+                "patches/s",
+                baseline="one zarr read per patch",
+                baseline_value=base_rate,
+                target=">=10",
+            )
+        )
+    out["loaders"] = results
+    epoch2 = results["nw2_fork"]["epoch_s"]
+    rows.append(
+        h.summary_row(
+            f"{name} epoch time nw2 (fork) / plain Dask read",
+            epoch2,
+            "s",
+            baseline="dask read whole volume",
+            baseline_value=dread.median_s,
+            target="<=2",
+            better="lower",
+        )
+    )
+    out["distinct_chunks_per_batch"] = {
+        "default_window": _distinct_chunks_per_batch(pds, None),
+        "plan_order": _distinct_chunks_per_batch(pds, 0),
+        "window_chunks": pds.window(2),
+        "batch": BATCH,
+    }
+    out["audit"] = {k: v for k, v in pds.audit().items() if k != "visits"}
+    if careamics_inputs is not None and not args.no_careamics:
+        res = h.run_careamics(["dataloader"], careamics_inputs, repeat=1, threads=args.threads)
+        out["careamics"] = res
+        if res:
+            for r in (
+                res.get("dataloader", {}).get("runs", []) if isinstance(res.get("dataloader"), dict) else []
+            ):
+                nw = r.get("num_workers")
+                ours = results["nw0"] if nw == 0 else results["nw2_fork"]
+                rows.append(
+                    h.summary_row(
+                        f"{name} PatchDataset nw{nw} vs CAREamics dataset",
+                        ours["patches_per_s"],
+                        "patches/s",
+                        baseline="CAREamics 0.3.5 in-memory",
+                        baseline_value=r.get("patches_per_s"),
+                        target=">=3",
+                    )
+                )
+    return rows, out
+
+
+def main() -> None:
+    ap = h.bench_argparser(__doc__.splitlines()[0])
+    ap.add_argument("--careamics", action="store_true", help="also run CAREamics' dataloader")
+    args = ap.parse_args()
+    threads = h.set_threads(args.threads)
+    from patchsieve.config import MaxPatchFilterConfig
+
+    spec2d = bench_data.SPECS["hagen2d"]
+    if args.quick:
+        spec2d = spec2d.resized("hagen2d-12", (12, 1024, 1024))
+    payload = {"threads": threads, "volumes": {}}
+    rows = []
+    care_in = None
+    if args.careamics:
+        ds2 = bench_data.ensure(spec2d, args.cache)
+        if ds2.npy_path is not None:
+            care_in = {
+                "input": str(ds2.npy_path),
+                "axes": "SYX",
+                "patch_size": (64, 64),
+                "params": {"max": {"threshold": 300.0, "coverage": 0.25}},
+                "num_workers": (0, 2),
+                "batch_size": BATCH,
+                "n_patches": 20000,
+            }
+    r, o = bench_volume(
+        "2D 64^2", spec2d, MaxPatchFilterConfig(threshold=300.0, coverage=0.25), (64, 64), None, args, care_in
+    )
+    rows += r
+    payload["volumes"]["2d"] = o
+    r, o = bench_volume(
+        "3D 16x64x64",
+        bench_data.SPECS["vol3d"],
+        MaxPatchFilterConfig(threshold=300.0, coverage=0.125, ref_channel=1),
+        (16, 64, 64),
+        [1],
+        args,
+    )
+    rows += r
+    payload["volumes"]["3d"] = o
+    payload["summary"] = rows
+    h.print_table(
+        "bench_dataset", rows, ["what", "value", "unit", "baseline_value", "ratio", "target", "met"]
+    )
+    for key, vol in payload["volumes"].items():
+        print(
+            key,
+            {
+                k: vol[k]
+                for k in (
+                    "first_batch_s_nw0",
+                    "patches_per_epoch",
+                    "one_read_per_patch_per_s",
+                    "dask_read_s",
+                    "distinct_chunks_per_batch",
+                )
+            },
+        )
+        for lk, lv in vol["loaders"].items():
+            print("  ", lk, {k: round(v, 3) for k, v in lv.items()})
+        print("   audit", vol["audit"])
+    print("results:", h.write_results("dataset", payload, args.results))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    main()

@@ -666,7 +666,8 @@ def _inputs_to_args(inputs: Mapping[str, Any]) -> list[str]:
 
 def run_peers(inputs: Mapping[str, Any], *, peers: Sequence[str] = ("torchio", "monai"),
               venv: str | os.PathLike | None = None, repeat: int = 3, threads: int | None = 1,
-              timeout: float | None = 1800) -> dict[str, Any] | None:
+              timeout: float | None = 1800,
+              extra_args: Sequence[str] = ()) -> dict[str, Any] | None:
     """Run ``peers_driver.py`` in a peer virtualenv (``.venv-peers`` or ``.venv-zarrdataset``).
 
     Parameters
@@ -693,6 +694,7 @@ def run_peers(inputs: Mapping[str, Any], *, peers: Sequence[str] = ("torchio", "
     args = ["--peers", ",".join(peers), "--repeat", str(repeat)] + _inputs_to_args(inputs)
     if threads is not None:
         args += ["--threads", str(threads)]
+    args += list(extra_args)  # e.g. ["--draw-same-chunk"] for zarrdataset
     return run_venv_driver(venv, BENCH_DIR / "peers_driver.py", args, timeout=timeout,
                            setup_hint="create it with: bash benchmarks/peers-env.sh",
                            env=_thread_env(threads))

@@ -213,7 +213,7 @@ def run_zarrdataset(args, arr, axes, w, nw, workdir):
             [zds.ImagesDatasetSpecs(filenames=path, source_axes=src_axes),
              zds.MasksDatasetSpecs(filenames=mask, source_axes="ZYX")],
             patch_sampler=zds.PatchSampler(patch_size=patch, spatial_axes="ZYX", min_area=0.5),
-            shuffle=True, draw_same_chunk=False)
+            shuffle=True, draw_same_chunk=args.draw_same_chunk)
         loader = DataLoader(ds, batch_size=args.batch_size, num_workers=nw,
                             worker_init_fn=init if nw else None)
         runs.append(_count(loader, args.n_patches,
@@ -225,7 +225,7 @@ def run_zarrdataset(args, arr, axes, w, nw, workdir):
         "mask_regions_kept": int(mask.sum()), "mask_regions": int(mask.size),
         "prepare_copy_s": t_copy,
         "note": "binary mask (region mean weight >= 0.5), not weights: zarrdataset cannot "
-                "weight; draw_same_chunk=False"})
+                "weight", "draw_same_chunk": args.draw_same_chunk})
 
 
 # ----------------------------------------------------------------------------- main
@@ -246,6 +246,8 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="zarrdataset: where to write the zarr copy")
     ap.add_argument("--zarr-chunks", default=None, help="zarrdataset: chunks of the copy")
+    ap.add_argument("--draw-same-chunk", action="store_true",
+                    help="zarrdataset: draw_same_chunk=True (default False, its default)")
     args = ap.parse_args(argv)
     if args.patch_size is None:
         args.patch_size = "64,64" if args.axes.upper() == "SYX" else "16,64,64"
@@ -259,13 +261,13 @@ def parse_args(argv=None):
 
 
 def _versions(peers):
-    import importlib
+    from importlib import metadata
 
     out = {"python": platform.python_version(), "numpy": np.__version__}
     for m in ("torch", *peers, "zarr", "numcodecs"):
         try:
-            out[m] = importlib.import_module(m).__version__
-        except Exception:  # noqa: BLE001 - report "not installed"
+            out[m] = metadata.version(m)
+        except metadata.PackageNotFoundError:
             out[m] = None
     return out
 

@@ -64,12 +64,12 @@ def oracle_filter_map(values, shape, ps):
 
 @pytest.fixture
 def oracle():
-    class O:
+    class Oracle:
         values = staticmethod(oracle_values)
         filter_map = staticmethod(oracle_filter_map)
         regions = staticmethod(_regions)
 
-    return O
+    return Oracle
 
 
 @pytest.fixture

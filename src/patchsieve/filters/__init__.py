@@ -6,6 +6,23 @@ Names and static methods are CAREamics' (``careamics.dataset.patch_filter``), so
 ``plot_filter_map(image, filter_map, z_idx=None)``; plus ``region_values`` (the region
 statistic alone) and ``from_config``. :func:`create_patch_filter` also accepts
 :class:`~patchsieve.config.MaskPatchFilterConfig` (CAREamics cannot, quirk B8).
+
+Numerics follow CAREamics 0.3.5 exactly by default (see ``shared/careamics_reference``):
+data cast to float32; regions of ``2 * patch_size`` on a stride-``patch_size`` grid,
+zero-padded past the image (B7); ``filter_out`` keeps at equality and ``apply_filter``
+drops at equality (B3); the per-pixel map is the max over the covering regions with
+CAREamics' zero-initialised layers. Options, documented per method:
+
+* ``border="valid"``: statistics over in-image pixels only (no zero padding);
+* ``ties="keep"`` / ``"drop"``: one tie rule for ``filter_out`` and ``apply_filter``;
+* a :class:`~patchsieve.errors.PatchsieveWarning` for Shannon on float data whose values
+  are (nearly) all unique (B5).
+
+Policy for bad data: NaN or inf raises :class:`~patchsieve.errors.DataError` naming the
+first offending pixel (CAREamics would silently produce NaN statistics); so do empty
+arrays, complex/object/string dtypes, boolean data outside the Mask filter, and mask
+values other than 0/1. Hot kernels use numba when it is installed (``_jit``), numpy
+otherwise, with identical results.
 """
 
 from __future__ import annotations

@@ -319,52 +319,92 @@ _HASH_BITS = 22
 
 
 @njit(cache=True, nogil=True)
+def _repeated_keys(keys, p0, p1, p2, C0, C1, C2):  # pragma: no cover - compiled
+    """Keys (and their cell index) that may occur more than once: a saturating hash count
+    drops every key seen once in the whole slab (no false negatives)."""
+    L, Z, Y, X = keys.shape
+    seen = np.zeros(1 << _HASH_BITS, np.uint8)
+    mult = np.uint64(2654435761)
+    sh = np.uint64(32 - _HASH_BITS)
+    mask32 = np.uint64(0xFFFFFFFF)
+    for li in range(L):
+        for z in range(Z):
+            for y in range(Y):
+                for x in range(X):
+                    h = ((np.uint64(keys[li, z, y, x]) * mult) & mask32) >> sh
+                    if seen[h] < 2:
+                        seen[h] += 1
+    ck = np.empty(L * Z * Y * X, np.uint32)
+    cc = np.empty(L * Z * Y * X, np.int32)
+    m = 0
+    for li in range(L):
+        for z in range(Z):
+            for y in range(Y):
+                base = ((li * C0 + z // p0) * C1 + y // p1) * C2
+                for x in range(X):
+                    k = keys[li, z, y, x]
+                    h = ((np.uint64(k) * mult) & mask32) >> sh
+                    if seen[h] >= 2:
+                        ck[m] = k
+                        cc[m] = base + x // p2
+                        m += 1
+    return ck[:m], cc[:m]
+
+
+@njit(cache=True, nogil=True)
+def _add_run(sc, s, e, nd, cstr, rstr, n_shape, rc, touched, coord, table, out):  # pragma: no cover
+    """Spread one run of equal keys (cells ``sc[s:e]``) onto its regions' ``sum c log c``."""
+    nt = 0
+    i = s
+    while i < e:
+        c = sc[i]
+        j = i + 1
+        while j < e and sc[j] == c:
+            j += 1
+        cnt = j - i
+        rem = c
+        for a in range(nd + 1):
+            coord[a] = rem // cstr[a]
+            rem = rem % cstr[a]
+        for o in range(1 << nd):
+            r = coord[0] * rstr[0]
+            ok = True
+            for a in range(nd):
+                g = coord[a + 1] - ((o >> (nd - 1 - a)) & 1)
+                if g < 0 or g >= n_shape[a + 1]:
+                    ok = False
+                    break
+                r += g * rstr[a + 1]
+            if ok:
+                if rc[r] == 0:
+                    touched[nt] = r
+                    nt += 1
+                rc[r] += cnt
+        i = j
+    for q in range(nt):
+        r = touched[q]
+        out[r] += table[rc[r]]
+        rc[r] = 0
+
+
+@njit(cache=True, nogil=True)
 def entropy_sum_xlogx(keys, p0, p1, p2, cells_shape, n_shape, table, out):  # pragma: no cover
     """Per region: sum over distinct values of ``c * log2(c)`` (``c`` = count in region).
 
     ``keys`` (L, Z, Y, X) holds uint32 value keys of the zero-padded slab (2D data: Z = 1,
     ``p0`` = 1, ``cells_shape`` = (L, C1, C2)); ``cells_shape`` = (L, C0, C1[, C2]) and
     ``n_shape`` = (L, n0, n1[, n2]), ``C = n + 1``. A value seen once in a region adds 0,
-    so a saturating hash count first drops keys that occur once in the whole slab; the
-    rest are radix-sorted and every run of equal keys is spread over the ``2**ndim``
-    regions containing each of its cells. ``out`` (flat, regions in C order) is added to.
+    so keys seen once in the whole slab are dropped first; the rest are radix-sorted and
+    every run of equal keys is spread over the ``2**ndim`` regions containing each of its
+    cells. ``out`` (flat, regions in C order) is added to.
     """
-    L, Z, Y, X = keys.shape
     nd = len(cells_shape) - 1
-    seen = np.zeros(1 << _HASH_BITS, np.uint8)
-    mult = np.uint64(2654435761)
-    sh = np.uint64(32 - _HASH_BITS)
-    mask32 = np.uint64(0xFFFFFFFF)
-    for l in range(L):
-        for z in range(Z):
-            for y in range(Y):
-                for x in range(X):
-                    h = ((np.uint64(keys[l, z, y, x]) * mult) & mask32) >> sh
-                    if seen[h] < 2:
-                        seen[h] += 1
-    ck = np.empty(L * Z * Y * X, np.uint32)
-    cc = np.empty(L * Z * Y * X, np.int32)
     C0 = cells_shape[1] if nd == 3 else 1
-    C1 = cells_shape[nd - 1]
-    C2 = cells_shape[nd]
-    m = 0
-    for l in range(L):
-        for z in range(Z):
-            for y in range(Y):
-                base = ((l * C0 + z // p0) * C1 + y // p1) * C2
-                for x in range(X):
-                    k = keys[l, z, y, x]
-                    h = ((np.uint64(k) * mult) & mask32) >> sh
-                    if seen[h] >= 2:
-                        ck[m] = k
-                        cc[m] = base + x // p2
-                        m += 1
-    ck = ck[:m]
-    cc = cc[:m]
+    ck, cc = _repeated_keys(keys, p0, p1, p2, C0, cells_shape[nd - 1], cells_shape[nd])
     sk, sc = _radix_sort_pairs(ck, cc)
-    n_regions = out.shape[0]
-    rc = np.zeros(n_regions, np.int64)
-    touched = np.empty(n_regions, np.int64)
+    m = sk.shape[0]
+    rc = np.zeros(out.shape[0], np.int64)
+    touched = np.empty(out.shape[0], np.int64)
     cstr = np.ones(nd + 1, np.int64)
     rstr = np.ones(nd + 1, np.int64)
     for a in range(nd - 1, -1, -1):
@@ -377,37 +417,7 @@ def entropy_sum_xlogx(keys, p0, p1, p2, cells_shape, n_shape, table, out):  # pr
         while e < m and sk[e] == sk[s]:
             e += 1
         if e - s >= 2:
-            nt = 0
-            i = s
-            while i < e:
-                c = sc[i]
-                j = i + 1
-                while j < e and sc[j] == c:
-                    j += 1
-                cnt = j - i
-                rem = c
-                for a in range(nd + 1):
-                    coord[a] = rem // cstr[a]
-                    rem = rem % cstr[a]
-                for o in range(1 << nd):
-                    r = coord[0] * rstr[0]
-                    ok = True
-                    for a in range(nd):
-                        g = coord[a + 1] - ((o >> (nd - 1 - a)) & 1)
-                        if g < 0 or g >= n_shape[a + 1]:
-                            ok = False
-                            break
-                        r += g * rstr[a + 1]
-                    if ok:
-                        if rc[r] == 0:
-                            touched[nt] = r
-                            nt += 1
-                        rc[r] += cnt
-                i = j
-            for q in range(nt):
-                r = touched[q]
-                out[r] += table[rc[r]]
-                rc[r] = 0
+            _add_run(sc, s, e, nd, cstr, rstr, n_shape, rc, touched, coord, table, out)
         s = e
 
 
@@ -421,7 +431,7 @@ def cell_moments(x, p0, p1, p2, C0, C1, C2, careamics, n_out, s_out, m2_out):  #
     """
     L, Z, Y, X = x.shape
     full = p0 * p1 * p2
-    for l in range(L):
+    for li in range(L):
         for a in range(C0):
             z0 = a * p0
             z1 = min(z0 + p0, Z)
@@ -436,17 +446,17 @@ def cell_moments(x, p0, p1, p2, C0, C1, C2, careamics, n_out, s_out, m2_out):  #
                     for z in range(z0, z1):
                         for y in range(y0, y1):
                             for xx in range(x0, x1):
-                                s += x[l, z, y, xx]
+                                s += x[li, z, y, xx]
                     cnt = full if careamics else n
                     m = s / cnt if cnt > 0 else 0.0
                     m2 = 0.0
                     for z in range(z0, z1):
                         for y in range(y0, y1):
                             for xx in range(x0, x1):
-                                d = x[l, z, y, xx] - m
+                                d = x[li, z, y, xx] - m
                                 m2 += d * d
                     if careamics:
                         m2 += (full - n) * m * m
-                    n_out[l, a, b, c] = cnt
-                    s_out[l, a, b, c] = s
-                    m2_out[l, a, b, c] = m2
+                    n_out[li, a, b, c] = cnt
+                    s_out[li, a, b, c] = s
+                    m2_out[li, a, b, c] = m2

@@ -207,6 +207,7 @@ def phase_filter_background(args, data):
     ps = tuple(args.patch_size)
     cfgs = configs(args, arr.dtype)
     nbytes = sum(im.nbytes for im in ref)
+    npix = sum(im.size for im in ref)
     out = {}
     for name in args.filters:
         log(f"filter_background {name} ...")
@@ -220,7 +221,8 @@ def phase_filter_background(args, data):
         t, (n0, n1) = med(lambda run: run(), args.repeat, setup)
         t.update(config=cfgs[name].model_dump(), n_patches_before=n0, n_patches_after=n1,
                  setup_extractor_plus_stratified_s=setups, input_bytes_ref_channel=nbytes,
-                 MBps=nbytes / t["median_s"] / 1e6,
+                 pixels=npix, MBps=nbytes / t["median_s"] / 1e6,
+                 Mpix_per_s=npix / t["median_s"] / 1e6,
                  function="filter_background_with_mask" if name == "mask" else
                  "filter_background")
         out[name] = t

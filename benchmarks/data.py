@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -405,6 +406,30 @@ def ensure(spec: str | Spec, cache: str | os.PathLike | None = None, *,
         return hit
     root = cache_dir(cache)
     root.mkdir(parents=True, exist_ok=True)
+    with _generation_lock(root / f".{spec.name}.lock"):
+        hit = cached(spec, root)  # another process may have built it while we waited
+        if hit is not None:
+            return hit
+        return _build(spec, root, workers or os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _generation_lock(path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock (POSIX ``flock``; no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build(spec: Spec, root: Path, workers: int) -> Dataset:
     final = root / spec.name
     if final.exists():
         log.info("removing stale %s", final)
@@ -415,7 +440,7 @@ def ensure(spec: str | Spec, cache: str | os.PathLike | None = None, *,
     tmp.mkdir()
     t0 = time.perf_counter()
     try:
-        _GENERATORS[spec.kind](spec, tmp, workers or os.cpu_count() or 1)
+        _GENERATORS[spec.kind](spec, tmp, workers)
         (tmp / "stamp.json").write_text(json.dumps(spec.stamp(), indent=1))
         tmp.rename(final)
     except BaseException:

@@ -197,6 +197,24 @@ def test_large_generation_is_deterministic_and_chunk_order_free(tmp_path):
     assert abs(float(np.median(a[a < 150])) - D.BG) < 10
 
 
+def test_concurrent_ensure_generates_once(tmp_path, monkeypatch):
+    import concurrent.futures as cf
+
+    calls = []
+    real = D._GENERATORS["large"]
+
+    def counting(spec, out, workers):
+        calls.append(out)
+        real(spec, out, workers)
+
+    monkeypatch.setitem(D._GENERATORS, "large", counting)
+    spec = tiny("large-2g")
+    with cf.ThreadPoolExecutor(2) as pool:
+        roots = list(pool.map(lambda _: D.ensure(spec, tmp_path).root, range(2)))
+    assert roots[0] == roots[1] and len(calls) == 1
+    assert D.cached(spec, tmp_path) is not None
+
+
 def test_stale_stamp_triggers_regeneration(tmp_path):
     spec = tiny("large-2g")
     ds = D.ensure(spec, tmp_path)
@@ -230,7 +248,7 @@ def test_insufficient_disk_is_reported_before_writing(tmp_path, monkeypatch):
     monkeypatch.setattr(D.shutil, "disk_usage", lambda p: usage(10, 10, 1024))
     with pytest.raises(D.InsufficientDiskError, match="PATCHSIEVE_BENCH_CACHE"):
         D.ensure(tiny("large-2g"), tmp_path)
-    assert not any(tmp_path.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
 
 
 def test_delete_and_list_and_env_override(tmp_path, monkeypatch):

@@ -916,10 +916,8 @@ def epoch_patches(weights: np.ndarray, spatial_shape: Sequence[int],
                   patch_size: Sequence[int]) -> np.ndarray:
     """Patches per sample per epoch, exactly as CAREamics 0.3.5 ``StratifiedPatching``.
 
-    ``total = prod(shape / patch)`` (float64), then ``total -= 1 - p`` for every region with a
-    relative probability ``p`` set, sequentially in grid order, and ``ceil``. The sequential
-    float subtraction is reproduced with ``np.subtract.accumulate`` (not a pairwise sum), so
-    the ceil lands where CAREamics' does.
+    Delegates to :func:`patchsieve.sampling.careamics_n_patches` (the sampler's own rule), so the
+    side-car's totals and the dataset's epoch length can never disagree.
 
     Parameters
     ----------
@@ -928,14 +926,11 @@ def epoch_patches(weights: np.ndarray, spatial_shape: Sequence[int],
     spatial_shape, patch_size : sequence of int
         Image and patch size per spatial dim.
     """
-    total = float(np.prod(np.array(spatial_shape) / np.array(patch_size)))
+    from patchsieve.sampling import careamics_n_patches
+
     flat = weights.reshape(weights.shape[0], -1)
-    out = np.empty(flat.shape[0], dtype=np.int64)
-    for i, row in enumerate(flat):
-        dec = 1.0 - row[row != 1.0]
-        acc = np.subtract.accumulate(np.concatenate([[total], dec]))[-1] if dec.size else total
-        out[i] = int(np.ceil(acc))
-    return out
+    return np.array([careamics_n_patches(spatial_shape, patch_size, row.reshape(weights.shape[1:]),
+                                         row != 1.0) for row in flat], dtype=np.int64)
 
 
 def update_decisions(writer: _Writer, geom: Mapping[str, Any], configs: Mapping[str, Any],

@@ -76,7 +76,8 @@ def _one_read_per_patch(ds, url, array_path, plan, limit):
 
     def run():
         for e in sel:
-            lo, hi = ds._box(e, dims, arr.shape, ds.channels)
+            sample = np.unravel_index(int(e["sample"]), ds.sample_shape) if ds.sample_shape else ()
+            lo, hi = ds._box(dims, ds.channels, [int(i) for i in sample], e["origin"].tolist())
             np.asarray(arr[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))])
         return len(sel)
 

@@ -101,6 +101,7 @@ def test_patches_equal_numpy_slicing_2d(syx):
     for x, meta in ds:
         assert x.dtype == torch.float32 and tuple(x.shape) == (1, 32, 32)
         np.testing.assert_array_equal(x.numpy(), _expected_2d(data, meta))
+        x.zero_()  # patches are fresh arrays, never views of the chunk cache
         n += 1
     assert n == len(ds)
 

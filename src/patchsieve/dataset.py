@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -137,19 +138,22 @@ class _ChunkReader:
                 self._cached -= old.nbytes
         return block
 
-    def read(self, lo: Sequence[int], hi: Sequence[int], dtype: np.dtype | None = None) -> np.ndarray:
-        """The box ``[lo, hi)`` (all dims), assembled from cached chunks."""
+    def read(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        """The box ``[lo, hi)`` (all dims), assembled from cached chunks (may be a view)."""
         if self._numpy is not None:  # in-memory source: plain slicing
-            return np.array(self._numpy[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))])
-        self.array()
+            return self._numpy[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+        if self._arr is None or self._pid != os.getpid():
+            self.array()
         ch = self.chunks
-        out = np.empty(
-            tuple(h - lo_ for lo_, h in zip(lo, hi, strict=True)), dtype=dtype or self.array().dtype
-        )
         c0 = [a // c for a, c in zip(lo, ch, strict=True)]
         c1 = [(b - 1) // c for b, c in zip(hi, ch, strict=True)]
-        for key in np.ndindex(*[e - s + 1 for s, e in zip(c0, c1, strict=True)]):
-            k = tuple(s + i for s, i in zip(c0, key, strict=True))
+        if c0 == c1:  # inside one chunk (the common case): a view of the cached block
+            block = self._chunk(tuple(c0))
+            return block[
+                tuple(slice(a - k * c, b - k * c) for a, b, k, c in zip(lo, hi, c0, ch, strict=True))
+            ]
+        out = np.empty([b - a for a, b in zip(lo, hi, strict=True)], dtype=self._arr.dtype)
+        for k in itertools.product(*[range(s, e + 1) for s, e in zip(c0, c1, strict=True)]):
             block = self._chunk(k)
             src, dst = [], []
             for d, kk in enumerate(k):
@@ -730,8 +734,15 @@ class PatchDataset(IterableDataset):
             self.transform.reseed(rng)
         self._stats_base = self._stats[slot].numpy().copy()
         self._counters0 = self._counters()
-        for i, entry in enumerate(shard[start:]):
-            item = self._load(entry)
+        todo = shard[start:]
+        samples = (
+            np.stack(np.unravel_index(todo["sample"], self.sample_shape), axis=1).tolist()
+            if self.sample_shape
+            else [[]] * len(todo)
+        )
+        origins = todo["origin"].tolist()
+        for i, entry in enumerate(todo):
+            item = self._load(entry, samples[i], origins[i])
             if i % 32 == 0:
                 self._record(slot, i + 1)
             if info is None:
@@ -757,45 +768,43 @@ class PatchDataset(IterableDataset):
         self._stats[slot] = torch.from_numpy(self._stats_base + now)
 
     def _box(
-        self, entry: np.ndarray, dims: Sequence[str], shape: Sequence[int], chans: Sequence[int]
+        self, dims: Sequence[str], chans: Sequence[int], sample: Sequence[int], origin: Sequence[int]
     ) -> tuple[list[int], list[int]]:
-        sample = np.unravel_index(int(entry["sample"]), self.sample_shape) if self.sample_shape else ()
         lo, hi = [], []
         for d in dims:
             if d in self.sample_dims:
-                i = int(sample[self.sample_dims.index(d)])
+                i = sample[self.sample_dims.index(d)]
                 lo.append(i), hi.append(i + 1)
             elif d == "c":
                 lo.append(min(chans)), hi.append(max(chans) + 1)
             else:
                 k = self.spatial_dims.index(d)
-                o = int(entry["origin"][k])
-                lo.append(o), hi.append(o + self.patch_size[k])
+                lo.append(origin[k]), hi.append(origin[k] + self.patch_size[k])
         return lo, hi
 
     def _cut(
-        self, reader: _ChunkReader, dims: Sequence[str], chans: Sequence[int], entry: np.ndarray
+        self, reader: _ChunkReader, chans: Sequence[int], sample: Sequence[int], origin: Sequence[int]
     ) -> np.ndarray:
-        lo, hi = self._box(entry, dims, reader.shape, chans)
-        box = reader.read(lo, hi)
-        keep = [slice(None) if (d == "c" or d in self.spatial_dims) else 0 for d in dims]
-        box = box[tuple(keep)]
+        dims = reader.dims
+        box = reader.read(*self._box(dims, chans, sample, origin))
+        box = box[tuple(slice(None) if (d == "c" or d in self.spatial_dims) else 0 for d in dims)]
         kept = [d for d in dims if d == "c" or d in self.spatial_dims]
         if "c" in kept:
-            c_axis = kept.index("c")
-            box = np.moveaxis(box, c_axis, 0)
-            box = box[[c - min(chans) for c in chans]]
+            box = np.moveaxis(box, kept.index("c"), 0)
+            if len(chans) != box.shape[0]:
+                box = box[[c - min(chans) for c in chans]]
         else:
             box = box[None]
-        return np.ascontiguousarray(box, dtype=np.float32)
+        # always a fresh array: the box may be a view of a cached chunk or of the user's array
+        return np.array(box, dtype=np.float32, order="C", copy=True)
 
-    def _load(self, entry: np.ndarray) -> Any:
-        x = self._cut(self._reader, self.dims, self.channels, entry)
+    def _load(self, entry: np.ndarray, sample: Sequence[int], origin: Sequence[int]) -> Any:
+        x = self._cut(self._reader, self.channels, sample, origin)
         if self._norm is not None:
             x = (x - self._norm[0]) / self._norm[1]
         y = None
         if self._target_reader is not None:
-            y = self._cut(self._target_reader, self._target_reader.dims, self.target_channels, entry)
+            y = self._cut(self._target_reader, self.target_channels, sample, origin)
         if self.transform is not None:
             x, y = self.transform(x, y)
         out: list[Any] = [torch.from_numpy(np.ascontiguousarray(x))]
@@ -805,7 +814,7 @@ class PatchDataset(IterableDataset):
             out.append(
                 {
                     "sample": int(entry["sample"]),
-                    "origin": torch.as_tensor(entry["origin"].copy()),
+                    "origin": torch.as_tensor(origin),
                     "region": int(entry["region"]),
                     "weight": float(entry["weight"]),
                     "is_background": bool(entry["background"]),

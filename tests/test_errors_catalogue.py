@@ -444,6 +444,13 @@ def _(ctx: Ctx) -> None:
     normalize_patch_size((16.5, 16))
 
 
+@case("regiongrid-patch-not-a-sequence")
+def _(ctx: Ctx) -> None:
+    from patchsieve import RegionGrid
+
+    RegionGrid((64, 64), None)
+
+
 @case("patch-size-scalar")
 def _(ctx: Ctx) -> None:
     from patchsieve import ShannonPatchFilter
@@ -480,6 +487,13 @@ def _(ctx: Ctx) -> None:
     from patchsieve import MaxPatchFilter
 
     MaxPatchFilter.filter_map(np.zeros((16, 16), np.complex64), (8, 8))
+
+
+@case("filter-out-empty")
+def _(ctx: Ctx) -> None:
+    from patchsieve import MaxPatchFilter
+
+    MaxPatchFilter(10.0).filter_out(np.zeros((0, 0), "u2"))
 
 
 @case("mask-non-binary")

@@ -1,0 +1,200 @@
+"""Crash consistency: SIGKILL the compute process group at seeded random points, then resume.
+
+``patchsieve compute`` runs as a CLI subprocess in its own session (the client and its
+LocalCluster worker processes share the process group). The test kills the whole group with
+SIGKILL at seeded points of several kinds -- a random wall-clock delay (start-up, opening, the
+first blocks), a random fraction of the region-statistics blocks written, and the moment every
+block marker is set (decisions, normalisation and the ``complete`` flag being written) -- and
+reruns the same command on the same output after each kill. After every kill:
+
+* readers (``open_sidecar``, ``PatchDataset``) refuse the side-car unless it is complete, and a
+  side-car they accept equals the clean one;
+* the final rerun completes it with arrays identical to a clean, uninterrupted run and attrs
+  identical apart from the timestamps (``created``, ``updated``, ``timing``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+pytestmark = pytest.mark.cluster
+
+TIMESTAMPS = {"created", "updated", "timing"}
+SEEDS = (11, 12, 13, 14)  # one kill per seed, each at a point drawn from its own generator
+PATCH = (16, 16)
+
+
+def write_source(path: Path) -> str:
+    rng = np.random.default_rng(3)
+    data = rng.poisson(20, size=(16, 128, 128)).astype(np.uint16)
+    data[:, 40:100, 30:90] += rng.poisson(400, size=(16, 60, 60)).astype(np.uint16)
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=(1, 32, 32), dtype=data.dtype,
+                            dimension_names=("s", "y", "x"), overwrite=True)
+    arr[...] = data
+    return str(path)
+
+
+def cli_command(src: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "patchsieve.cli", "-q", "compute", src, "--filter", "shannon",
+            "--threshold", "4.5", "--filter", "max", "--threshold", "300", "--patch",
+            ",".join(map(str, PATCH)), "-o", str(out), "--no-progress"]
+
+
+def markers(out: Path) -> tuple[int, int]:
+    """(blocks written, blocks in total) of the region statistics; (0, 1) before they exist."""
+    try:
+        g = zarr.open_group(str(out), mode="r")
+        keys = [k for k in g["progress"].array_keys() if k.startswith("stats_")]
+        m = np.asarray(g["progress"][keys[0]][...])
+        return int(m.sum()), int(m.size)
+    except Exception:  # noqa: BLE001 - not written yet, or being written
+        return 0, 1
+
+
+def all_arrays(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for name, arr in group.arrays():
+        out[prefix + name] = np.asarray(arr[...])
+    for name, sub in group.groups():
+        out.update(all_arrays(sub, prefix + name + "/"))
+    return out
+
+
+def assert_same_sidecar(a: Path | str, b: Path | str) -> None:
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    aa, bb = all_arrays(ga), all_arrays(gb)
+    assert sorted(aa) == sorted(bb)
+    for key in aa:
+        np.testing.assert_array_equal(aa[key], bb[key], err_msg=key)
+    ma = {k: v for k, v in ga.attrs["patchsieve"].items() if k not in TIMESTAMPS}
+    mb = {k: v for k, v in gb.attrs["patchsieve"].items() if k not in TIMESTAMPS}
+    assert ma == mb
+
+
+def wait_group_dead(pgid: int, timeout: float = 30.0) -> None:
+    """Wait until no process of the killed group (client, nanny, worker) is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process group {pgid} survived SIGKILL")
+
+
+def kill_schedule(seeds: tuple[int, ...]) -> list[tuple[int, str, float]]:
+    """Seeded kill points, in the order the phases of a run come (later kills resume earlier ones).
+
+    The first seed kills after a random delay (start-up: imports, cluster, open, lock, first
+    blocks), the middle ones at random fractions of the region-statistics blocks (ascending, so each
+    resumed run still has blocks to write), the last one when every block marker is set (while
+    decisions, normalisation and the ``complete`` flag are written).
+    """
+    rngs = [np.random.default_rng(s) for s in seeds]
+    fractions = sorted(float(r.uniform(0.1, 0.9)) for r in rngs[1:-1])
+    out = [(seeds[0], "time", float(rngs[0].uniform(1.5, 8.0)))]
+    out += [(s, "progress", f) for s, f in zip(seeds[1:-1], fractions)]
+    out.append((seeds[-1], "finalize", 1.0))
+    return out
+
+
+def run_and_kill(cmd: list[str], out: Path, point: tuple[str, float], env: dict[str, str]
+                 ) -> tuple[bool, str]:
+    """Start the CLI, SIGKILL its process group at ``point``; returns (killed, description)."""
+    kind, value = point
+    start_done, total = markers(out)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    t0 = time.monotonic()
+    deadline = t0 + 240
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            done, total = markers(out)
+            if kind == "time" and time.monotonic() - t0 >= value:
+                break
+            if kind == "progress" and done >= max(value * total, start_done + 1) and total > 1:
+                break
+            if kind == "finalize" and total > 1 and done == total:
+                break
+            time.sleep(0.02)
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            assert proc.returncode == 0, err[-3000:]
+            return False, f"{kind}={value:.2f}: finished before the kill"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_group_dead(proc.pid)
+        done, total = markers(out)
+        return True, f"{kind}={value:.2f}: killed at {done}/{total} blocks"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def check_readers(out: Path, clean: Path) -> str:
+    """Readers refuse an incomplete side-car; one they accept equals the clean run."""
+    from patchsieve import PatchDataset, open_sidecar
+    from patchsieve.errors import SidecarError, SidecarIncompleteError
+
+    if not out.exists():
+        return "absent"
+    try:
+        sc = open_sidecar(out)
+    except SidecarIncompleteError:
+        with pytest.raises(SidecarIncompleteError):
+            PatchDataset(sidecar=out)
+        return "refused (incomplete)"
+    except SidecarError:
+        return "refused (no side-car yet)"  # killed before the root metadata existed
+    assert sc.is_complete
+    assert_same_sidecar(out, clean)  # accepted => really complete
+    return "complete"
+
+
+def test_sigkill_at_random_points_then_resume(tmp_path: Path, capsys: Any) -> None:
+    from distributed import Client, LocalCluster
+
+    from patchsieve import compute, open_sidecar
+    from patchsieve.config import MaxPatchFilterConfig, ShannonPatchFilterConfig
+
+    src = write_source(tmp_path / "src.zarr")
+    clean = tmp_path / "clean.patchsieve.zarr"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0") as cl, Client(cl, set_as_default=False) as client:
+        compute(src, {"shannon": ShannonPatchFilterConfig(threshold=4.5),
+                      "max": MaxPatchFilterConfig(threshold=300.0)}, PATCH, clean, client=client)
+
+    out = tmp_path / "killed.patchsieve.zarr"
+    cmd = cli_command(src, out)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    log, kills, runs = [], 0, 0
+    for seed, kind, value in kill_schedule(SEEDS):
+        killed, what = run_and_kill(cmd, out, (kind, value), env)
+        runs += 1
+        kills += killed
+        state = check_readers(out, clean)
+        log.append(f"seed {seed}: {what}; readers: {state}")
+    final = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    runs += 1
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert open_sidecar(out).is_complete
+    assert not (out / "patchsieve.lock").exists()
+    assert_same_sidecar(out, clean)
+    with capsys.disabled():
+        print(f"\ncrash consistency: {runs} runs, {kills} SIGKILLs, 0 mismatches\n  "
+              + "\n  ".join(log))
+    assert kills >= 3, log  # the schedule must really interrupt runs

@@ -277,7 +277,6 @@ def test_aligned_origins_are_on_the_patch_grid():
     assert o[:, 1].max() <= 48 and o[:, 2:].max() <= 192
 
 
-@pytest.mark.cluster
 def test_baseline_functions_run_on_tiny_data(tmp_path):
     ds = D.ensure(tiny("vol3d"), tmp_path)
     read = BB.dask_read(ds.array_path, "threads", repeat=1)

@@ -11,14 +11,16 @@ The numbers are those of the numpy filters in :mod:`patchsieve.filters`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import ArrayLike, NDArray
 
 from patchsieve.config import (
@@ -303,43 +305,65 @@ def _region_array(
     border: Border,
     is_mask: bool,
 ) -> da.Array:
+    """One task per region block; it reads the storage chunks its pixels touch directly
+    (no intermediate slicing/concatenation tasks), so the graph stays small."""
     data = _as_dask(vol)
     ns = len(sample_dims)
     ps, gs = grid.patch_size, grid.grid_shape
     chunks, ranges = _blocks_for(data, ns, ps, gs, grid.spatial_shape)
-    sample_bounds = [
-        list(zip(np.cumsum((0,) + c[:-1]), np.cumsum(c))) for c in data.chunks[:ns]
-    ]
+    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in data.chunks]
     dims = tuple(vol.dims)
-    blocks: dict[tuple[int, ...], da.Array] = {}
-    for s_idx in np.ndindex(*[len(b) for b in sample_bounds]) if ns else [()]:
-        s_sl = tuple(slice(int(sample_bounds[a][i][0]), int(sample_bounds[a][i][1]))
-                     for a, i in enumerate(s_idx))
-        s_shape = tuple(sl.stop - sl.start for sl in s_sl)
+    token = tokenize(data.name, ps, gs, tuple(names), border, is_mask)
+    name = f"patchsieve-region-stats-{token}"
+    func = functools.partial(
+        _block_task, patch_size=ps, stats=tuple(names), border=border, n_sample_dims=ns,
+        dims=dims, is_mask=is_mask,
+    )
+    dsk: dict[Any, Any] = {}
+    for s_idx in np.ndindex(*data.numblocks[:ns]):
         for r_idx in np.ndindex(*[len(r) for r in ranges]):
             rr = [ranges[a][i] for a, i in enumerate(r_idx)]
             n = tuple(b - a for a, b in rr)
-            px = tuple(
-                slice(a * p, min((b + 1) * p, size))
+            px = [
+                (a * p, min((b + 1) * p, size))
                 for (a, b), p, size in zip(rr, ps, grid.spatial_shape)
+            ]
+            # storage chunks touched along each spatial axis, and the slice inside them
+            cidx, local = [], []
+            for ax, (lo, hi) in enumerate(px):
+                bd = bounds[ns + ax]
+                first = int(np.searchsorted(bd, lo, side="right") - 1)
+                last = int(np.searchsorted(bd, hi, side="left") - 1)
+                cidx.append(range(first, last + 1))
+                local.append(slice(int(lo - bd[first]), int(hi - bd[first])))
+            keys = _nested_keys(data.name, tuple(int(i) for i in s_idx), cidx)
+            origin = tuple(int(bounds[a][i]) for a, i in enumerate(s_idx)) + tuple(
+                lo for lo, _ in px
             )
-            sub = data[s_sl + px]
-            origin = tuple(sl.start for sl in s_sl + px)
-            task = dask.delayed(_block_stats, pure=True)(
-                sub, patch_size=ps, n=n, stats=tuple(names), border=border,
-                n_sample_dims=ns, origin=origin, dims=dims, is_mask=is_mask,
-            )
-            blocks[s_idx + r_idx] = da.from_delayed(
-                task, shape=(len(names), *s_shape, *n), dtype=np.float64
-            )
-    nested = _nest(blocks, [len(c) for c in chunks])
-    return da.block(nested)
+            dsk[(name, 0, *s_idx, *r_idx)] = (func, keys, tuple(local), n, origin)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[data])
+    return da.Array(graph, name, chunks=((len(names),), *chunks), dtype=np.float64)
 
 
-def _nest(blocks: dict[tuple[int, ...], da.Array], counts: list[int], prefix=()) -> Any:
-    if len(prefix) == len(counts):
-        return blocks[prefix]
-    return [_nest(blocks, counts, prefix + (i,)) for i in range(counts[len(prefix)])]
+def _nested_keys(name: str, s_idx: tuple[int, ...], cidx: list[range]) -> Any:
+    if not cidx:
+        return (name, *s_idx)
+    if len(cidx) == 1:
+        return [(name, *s_idx, i) for i in cidx[0]]
+    return [_nested_keys(name, (*s_idx, i), cidx[1:]) for i in cidx[0]]
+
+
+def _block_task(
+    parts: Any,
+    local: tuple[slice, ...],
+    n: tuple[int, ...],
+    origin: tuple[int, ...],
+    **kwargs: Any,
+) -> NDArray[np.float64]:
+    """Assemble a block from its storage chunks, cut its pixels and compute its stats."""
+    block = np.block(parts) if isinstance(parts, list) else np.asarray(parts)
+    block = block[(Ellipsis, *local)]
+    return _block_stats(block, n=n, origin=origin, **kwargs)
 
 
 # --------------------------------------------------------------------------- decisions

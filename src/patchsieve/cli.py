@@ -244,6 +244,15 @@ def run(
             typer.echo(f"{key}: {value}")
 
 
+def _register_tools() -> None:
+    from patchsieve._cli_tools import register
+
+    register(app)
+
+
+_register_tools()
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")

@@ -508,9 +508,13 @@ def apply_threshold(
     Sidecar
         The updated side-car.
     """
-    from patchsieve import compute as _compute
-    from patchsieve import sidecar as _sc
+    import importlib
+
     from patchsieve.config import parse_filter_config
+
+    # the package re-exports the function ``compute``; fetch the module itself
+    _compute = importlib.import_module("patchsieve.compute")
+    _sc = importlib.import_module("patchsieve.sidecar")
 
     sc = _as_sidecar(sidecar, storage_options)
     name = _pick_filter(sc, filter)
@@ -804,13 +808,14 @@ def _draw_panels(image: NDArray[Any], panels: Sequence[_Panel], suptitle: str) -
             if p.keep.any() and not p.keep.all():
                 ax.contour(p.keep.astype(float), levels=[0.5], colors="cyan", linewidths=1.2)
             if not p.keep.all():
-                ax.contourf(p.keep.astype(float), levels=[-0.5, 0.5], colors="none",
-                            hatches=["//"])
+                with plt.rc_context({"hatch.color": "0.8", "hatch.linewidth": 0.8}):
+                    ax.contourf(p.keep.astype(float), levels=[-0.5, 0.5], colors="none",
+                                hatches=["//"])
             title = (f"{p.name}: {p.field} {float(thr):g}\n"
                      f"kept {p.keep.mean():.1%} of pixels; {p.background_fraction:.1%} of "
                      "regions background")
             ax.legend(handles=[Line2D([], [], color="cyan", lw=1.5, label="edge of kept area"),
-                               MPatch(facecolor="none", edgecolor="black", hatch="//",
+                               MPatch(facecolor="0.35", edgecolor="0.8", hatch="//",
                                       label="background (no kept region)")],
                       loc="lower right", fontsize=8, framealpha=0.85)
         else:

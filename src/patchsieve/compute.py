@@ -506,7 +506,8 @@ def compute(
     progress : bool
         Show a progress bar (rich).
     cluster : mapping, optional
-        Overrides for the default LocalCluster: ``n_workers``, ``threads_per_worker``, ``processes``.
+        Overrides for the default LocalCluster (``n_workers``, ``threads_per_worker``,
+        ``processes``) and ``timeout`` (seconds to reach a scheduler and find a worker).
 
     Returns
     -------
@@ -537,18 +538,19 @@ def compute(
               "array_path": volume.attrs.get("array_path", "")}
     params_fp = _sc.canonical_hash(params)
     writer = _Writer(output, out_opts)
-    lock = _sc.SidecarLock(writer.store)
-    lock.acquire()
-    try:
-        meta = _prepare(writer, volume, geom, configs, stats, src_fp, params_fp, border, seed,
-                        overwrite)
-        opts = {k: v for k, v in (cluster or {}).items() if v is not None}
-        with get_client(scheduler, client, **opts) as cl:
+    opts = {k: v for k, v in (cluster or {}).items() if v is not None}
+    # connect first: an unreachable scheduler leaves no trace in the output
+    with get_client(scheduler, client, **opts) as cl:  # type: ignore[arg-type]
+        lock = _sc.SidecarLock(writer.store)
+        lock.acquire()
+        try:
+            meta = _prepare(writer, volume, geom, configs, stats, src_fp, params_fp, border, seed,
+                            overwrite)
             _fill(writer, cl, volume, geom, configs, meta, border, seed, storage_options,
                   progress, lock)
-        _finalize(writer, volume, geom, configs, labels)
-    finally:
-        lock.release()
+            _finalize(writer, volume, geom, configs, labels)
+        finally:
+            lock.release()
     return _sc.open_sidecar(output, storage_options=out_opts)
 
 

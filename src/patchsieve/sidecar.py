@@ -419,7 +419,12 @@ def open_sidecar(
 
 
 def _require_writable(path: str, storage_options: Mapping[str, Any] | None) -> None:
-    """Raise StorageError when ``path`` cannot be written (probe write + delete)."""
+    """Raise StorageError when ``path`` cannot be written (probe write + delete).
+
+    A local folder created only for the probe is removed again, so a refused run leaves nothing.
+    """
+    local = None if is_remote(path) else os.path.abspath(_local_path(path))
+    created = [] if local is None else _missing_parents(local)
     store = open_store(path, storage_options=storage_options, read_only=False)
     key = ".patchsieve-write-probe"
     try:
@@ -430,6 +435,24 @@ def _require_writable(path: str, storage_options: Mapping[str, Any] | None) -> N
             f"output location {path!r} is not writable ({type(err).__name__}: {_safe_msg(err)}). "
             "Fix: pass a writable --output / output= location."
         ) from err
+    finally:
+        for folder in created:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+
+
+def _missing_parents(path: str) -> list[str]:
+    """Folders of ``path`` (deepest first) that do not exist yet."""
+    out = []
+    while path and not os.path.exists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
 
 
 def _safe_msg(err: BaseException) -> str:

@@ -20,7 +20,7 @@ TIMESTAMPS = {"created", "updated", "timing"}
 
 def _write_source(path, seed=3):
     rng = np.random.default_rng(seed)
-    data = rng.poisson(20, size=(32, 256, 256)).astype(np.uint16)
+    data = rng.poisson(20, size=(48, 384, 384)).astype(np.uint16)
     data[:, 100:200, 50:200] += 400
     arr = zarr.create_array(str(path), shape=data.shape, chunks=(1, 64, 64), dtype=data.dtype,
                             dimension_names=("s", "y", "x"), overwrite=True)
@@ -76,7 +76,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
         done, total = _markers_done(out)
         if done > 0:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert proc.poll() is None, f"compute ended before it could be killed: {proc.stdout.read()}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

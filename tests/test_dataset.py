@@ -378,3 +378,29 @@ def test_s3_dataloader_two_workers(s3_bucket, syx, context):
             seen.append(m)
     assert sorted(_keys(seen)) == _plan_keys(ds, 0)
     assert shard_positions(len(ds), world_size=1).size == len(ds)
+
+
+def test_nonzero_rank_waits_for_rank_zero_sidecar(tmp_path, client):
+    import threading
+
+    data = _image((1, 96, 96), 4)
+    src = write_ome_zarr(tmp_path / "wait.ome.zarr", data, "SYX", chunks=(1, 48, 48))
+    with pytest.raises(SidecarIncompleteError, match="timeout"):
+        PatchDataset(
+            src, patch_size=(32, 32), patch_filter_config=CFG, rank=1, world_size=2, sidecar_timeout=1.5
+        )
+    made = {}
+
+    def rank0():
+        made["ds"] = PatchDataset(
+            src, patch_size=(32, 32), patch_filter_config=CFG, rank=0, world_size=2, client=client
+        )
+
+    t = threading.Thread(target=rank0)
+    t.start()
+    ds1 = PatchDataset(
+        src, patch_size=(32, 32), patch_filter_config=CFG, rank=1, world_size=2, sidecar_timeout=120
+    )
+    t.join()
+    assert ds1.sidecar_path == made["ds"].sidecar_path
+    assert len(ds1) == len(made["ds"]) == ds1.sampler.epoch_length // 2

@@ -22,6 +22,7 @@ from patchsieve.sampling import (
     shard_positions,
     worker_orders,
     worker_positions_from_batches,
+    zorder_chunk_ids,
 )
 
 CAREAMICS_PY = Path(__file__).resolve().parents[1] / "benchmarks" / ".venv-careamics" / "bin" / "python"
@@ -418,3 +419,19 @@ def test_bad_arguments_raise_config_error(kwargs, match):
 def test_shard_positions_bad_rank():
     with pytest.raises(ConfigError, match="rank"):
         shard_positions(10, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (3, 5), (2, 4, 4), (1, 7, 3)])
+def test_zorder_chunk_ids_are_a_bijection_of_compact_runs(grid):
+    coords = np.stack(np.unravel_index(np.arange(int(np.prod(grid))), grid), axis=1)
+    samples = np.repeat([0, 1], len(coords))
+    ids, n = zorder_chunk_ids(samples, np.concatenate([coords, coords]), grid)
+    assert n == 2 * len(coords)
+    np.testing.assert_array_equal(np.sort(ids), np.arange(n))
+    if grid in [(4, 4), (2, 4, 4)]:  # power-of-two grids: runs of 2**ndim chunks are cubes
+        k = 2 ** len(grid)
+        by_id = np.empty_like(coords)
+        by_id[ids[: len(coords)]] = coords
+        for start in range(0, len(coords), k):
+            block = by_id[start : start + k]
+            assert (np.ptp(block, axis=0) == 1).all()

@@ -49,6 +49,7 @@ from patchsieve.sampling import (
     shard_positions,
     worker_orders,
     worker_positions_from_batches,
+    zorder_chunk_ids,
 )
 
 logger = logging.getLogger(__name__)
@@ -642,11 +643,11 @@ class PatchDataset(IterableDataset):
         return spatial_ch, n
 
     def _chunk_ids(self, entries: np.ndarray) -> tuple[np.ndarray, int]:
-        """Linear index of the storage chunk holding each patch origin, and the chunk count."""
+        """Z-order index of the storage chunk holding each patch origin, and the chunk count."""
         spatial_ch, n = self._chunk_grid()
-        idx = [entries["sample"]] + [entries["origin"][:, i] // c for i, c in enumerate(spatial_ch)]
-        dims = [max(self.sampler.n_samples, 1), *n]
-        return np.ravel_multi_index(idx, dims), int(np.prod(dims))
+        coords = entries["origin"] // np.asarray(spatial_ch, dtype=np.int64)
+        ids, _ = zorder_chunk_ids(entries["sample"], coords, n)
+        return ids, max(self.sampler.n_samples, 1) * int(np.prod(n))
 
     def window(self, num_workers: int = 0) -> int:
         """Chunks per run of the execution order (``shuffle_window`` or the automatic choice).

@@ -83,6 +83,7 @@ __all__ = [
     "shard_positions",
     "worker_orders",
     "worker_positions_from_batches",
+    "zorder_chunk_ids",
 ]
 
 SamplingMode = Literal["per_epoch", "with_replacement", "fixed_subset"]
@@ -610,6 +611,43 @@ def shard_positions(
         raise ConfigError(f"worker must lie in [0, num_workers={nw}); got {worker}.")
     n_keep = n_plan - n_plan % world_size
     return np.arange(rank, n_keep, world_size, dtype=np.int64)[worker::nw]
+
+
+def _morton(coords: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Z-order (bit-interleaved) code of integer coordinates, shape (n, ndim)."""
+    n, ndim = coords.shape
+    code = np.zeros(n, dtype=np.int64)
+    bits = max(int(coords.max(initial=0)).bit_length(), 1)
+    if bits * ndim > 62:
+        raise ConfigError(f"chunk grid too large for a Z-order code ({bits} bits x {ndim} dims).")
+    for b in range(bits):
+        for d in range(ndim):
+            code |= ((coords[:, d] >> b) & 1) << (b * ndim + (ndim - 1 - d))
+    return code
+
+
+def zorder_chunk_ids(
+    samples: ArrayLike, chunk_coords: ArrayLike, grid: Sequence[int]
+) -> tuple[NDArray[np.int64], int]:
+    """Index of chunks along a Z-order curve, sample by sample, and the number of chunks.
+
+    Consecutive indices are spatial neighbours, so a run of ``k`` consecutive chunks
+    (:func:`chunk_groups`) is a compact block that holds most of the neighbours that patches
+    straddle.
+
+    Examples
+    --------
+    >>> zorder_chunk_ids([0, 0, 0, 1], [[0, 0], [0, 1], [1, 0], [0, 0]], (2, 3))
+    (array([0, 1, 2, 6]), 12)
+    """
+    grid = [int(g) for g in grid]
+    coords = np.asarray(chunk_coords, dtype=np.int64).reshape(-1, len(grid))
+    per_sample = int(np.prod(grid))
+    all_codes = np.sort(_morton(np.stack(np.unravel_index(np.arange(per_sample), grid), axis=1)))
+    rank = np.searchsorted(all_codes, _morton(coords))
+    smp = np.asarray(samples, dtype=np.int64)
+    n_samples = int(smp.max(initial=0)) + 1
+    return smp * per_sample + rank, n_samples * per_sample
 
 
 def chunk_groups(chunk_ids: ArrayLike, n_chunks: int, window: int) -> NDArray[np.int64] | None:

@@ -242,7 +242,10 @@ def keep_mask(values: ArrayLike, threshold: float, ties: Ties, *, strict_default
 
 
 def expand_region_values(
-    values: ArrayLike, image_shape: Sequence[int], patch_size: Sequence[int]
+    values: ArrayLike,
+    image_shape: Sequence[int],
+    patch_size: Sequence[int],
+    out: NDArray[np.float64] | None = None,
 ) -> NDArray[np.float64]:
     """CAREamics' per-pixel filter map from region values.
 
@@ -256,6 +259,8 @@ def expand_region_values(
     values : array_like, shape ``grid_shape``
     image_shape : sequence of int
     patch_size : sequence of int
+    out : numpy.ndarray of float64, optional
+        Written in place when given (shape ``image_shape``).
 
     Returns
     -------
@@ -275,13 +280,19 @@ def expand_region_values(
     assert blocks is not None
     # one broadcast write: (nb0, 1, nb1, 1, ...) -> (nb0, p0, nb1, p1, ...)
     full = tuple(nb * p for nb, p in zip(nblocks, patch_size))
-    out = np.empty(full, dtype=np.float64)
     split = [x for nb, p in zip(nblocks, patch_size) for x in (nb, p)]
     src = blocks.reshape([x for nb in nblocks for x in (nb, 1)])
-    out.reshape(split)[...] = src
     if full == tuple(image_shape):
-        return out
-    return np.ascontiguousarray(out[tuple(slice(0, s) for s in image_shape)])
+        res = np.empty(full, dtype=np.float64) if out is None else out
+        res.reshape(split)[...] = src
+        return res
+    tmp = np.empty(full, dtype=np.float64)
+    tmp.reshape(split)[...] = src
+    crop = tmp[tuple(slice(0, s) for s in image_shape)]
+    if out is None:
+        return np.ascontiguousarray(crop)
+    out[...] = crop
+    return out
 
 
 def stat_values(stats: Mapping[str, ArrayLike], name: str) -> NDArray[np.float64]:

@@ -110,7 +110,10 @@ class MeanStdPatchFilter:
         """Stacked per-pixel mean and std maps ``(2, *image.shape)`` as CAREamics."""
         img = np.asarray(image)
         vals = MeanStdPatchFilter.region_values(img, patch_size, border=border)
-        return np.stack([expand_region_values(v, img.shape, patch_size) for v in vals])
+        out = np.empty((2, *img.shape), dtype=np.float64)
+        for i in range(2):
+            expand_region_values(vals[i], img.shape, patch_size, out=out[i])
+        return out
 
     @staticmethod
     def apply_filter(

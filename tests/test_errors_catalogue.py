@@ -776,6 +776,28 @@ def _(ctx: Ctx) -> None:
     _compute(ctx, ctx.stack(), out=out)
 
 
+@case("sidecar-lock-fresh-output")
+def _(ctx: Ctx) -> None:
+    import importlib
+
+    C = importlib.import_module("patchsieve.compute")  # the module, not the re-exported function
+    src, out = ctx.stack(), ctx.tmp / "fresh.patchsieve.zarr"
+    original = C._fill
+
+    def fill_with_a_second_writer(*args: Any, **kwargs: Any) -> Any:
+        # the first compute holds the lock and is about to fill a brand-new side-car:
+        # a second compute on the same output now must be refused
+        C._fill = original
+        _compute(ctx, src, out=out)
+        return original(*args, **kwargs)
+
+    C._fill = fill_with_a_second_writer
+    try:
+        _compute(ctx, src, out=out)
+    finally:
+        C._fill = original
+
+
 # ============================================================================= cases: cluster
 @case("scheduler-unreachable")
 def _(ctx: Ctx) -> None:

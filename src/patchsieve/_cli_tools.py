@@ -217,6 +217,7 @@ def plot_cmd(
     ref_channel: int = typer.Option(0, help="Volume only: channel the filters score."),
     axes: Optional[str] = typer.Option(None, help="Axes of a plain Zarr/TIFF, e.g. SYX."),  # noqa: UP007
     level: int = typer.Option(0, help="Volume only: pyramid level."),
+    dpi: int = typer.Option(100, help="Resolution of the PNG (dots per inch)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the PNG path."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON result."),
     storage_options: Optional[str] = typer.Option(None, help=_SO_HELP),  # noqa: UP007
@@ -252,7 +253,7 @@ def plot_cmd(
         with _status("drawing filter maps", not (quiet or json_out)):
             plot_filter_maps(source, output, sample=sample, z=z, channel=channel,
                              filters=filters, patch_size=patch_size, axes=axes, level=level,
-                             storage_options=so)
+                             storage_options=so, dpi=dpi)
     except PatchsieveError as err:
         _fail(err)
         return
@@ -283,6 +284,7 @@ def suggest_cmd(
         None, "--output", "-o", help="Histogram PNG (default threshold-<filter>.png)."),
     apply: bool = typer.Option(
         False, "--apply", help="Write the threshold and its decisions into the side-car."),
+    dpi: int = typer.Option(100, help="Resolution of the PNG (dots per inch)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the threshold."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON result."),
     storage_options: Optional[str] = typer.Option(None, help=_SO_HELP),  # noqa: UP007
@@ -298,7 +300,7 @@ def suggest_cmd(
             sg = suggest_threshold(sidecar, filter, background_fraction=background_fraction,
                                    method=method, stat=stat, storage_options=so)
             out = output or f"threshold-{sg.filter}.png"
-            plot_threshold_histogram(sidecar, sg, out, storage_options=so)
+            plot_threshold_histogram(sidecar, sg, out, storage_options=so, dpi=dpi)
         if apply:
             with _status("rewriting decisions", not (quiet or json_out)):
                 apply_threshold(sidecar, sg.filter, sg.threshold, field=sg.field,
@@ -334,6 +336,7 @@ def preview_cmd(
     epoch: int = typer.Option(0, help="First epoch drawn."),
     channel: Optional[int] = typer.Option(None, "--channel", "-c", help="Channel shown."),  # noqa: UP007
     filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Filter name."),  # noqa: A002, UP007
+    dpi: int = typer.Option(100, help="Resolution of the PNG (dots per inch)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the PNG path."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON result."),
     storage_options: Optional[str] = typer.Option(None, help=_SO_HELP),  # noqa: UP007
@@ -357,7 +360,7 @@ def preview_cmd(
                     sidecar, n, mode=mode, seed=seed, epoch=epoch, channel=channel,
                     filter=filter, storage_options=so,
                     on_progress=lambda done, total: bar.update(task, completed=done))
-        plot_preview(res, output)
+        plot_preview(res, output, dpi=dpi)
     except PatchsieveError as err:
         _fail(err)
         return

@@ -444,6 +444,7 @@ def plot_threshold_histogram(
     *,
     storage_options: Mapping[str, Any] | None = None,
     bins: int = 128,
+    dpi: int = 100,
 ) -> Figure:
     """Histogram of the region values with the suggested (and current) threshold marked."""
     import matplotlib
@@ -485,7 +486,7 @@ def plot_threshold_histogram(
     ax.set_title(f"{suggestion.filter}: {suggestion.n_regions} regions of "
                  f"{os.path.basename(sc.source.rstrip('/'))}{target}", fontsize=11)
     if out is not None:
-        fig.savefig(out, dpi=100)
+        fig.savefig(out, dpi=dpi)
     return fig
 
 
@@ -694,6 +695,7 @@ def plot_filter_maps(
     axes: str | None = None,
     level: int = 0,
     storage_options: Mapping[str, Any] | None = None,
+    dpi: int = 100,
 ) -> Figure:
     """Image, filter map and keep mask of every filter on one sample (and z slice).
 
@@ -718,6 +720,8 @@ def plot_filter_maps(
         Source only: the patch size.
     axes, level, storage_options : optional
         As for :func:`patchsieve.open_volume`.
+    dpi : int
+        Resolution of the PNG.
 
     Returns
     -------
@@ -761,7 +765,7 @@ def plot_filter_maps(
     patch = sc.patch_size if sc is not None else patch_size
     fig = _draw_panels(image, panels, f"{name} ({', '.join(where) or 'image'}), patch {patch}")
     if out is not None:
-        fig.savefig(out, dpi=100)
+        fig.savefig(out, dpi=dpi)
     return fig
 
 
@@ -900,7 +904,8 @@ def preview_patches(
             "source": sc.source}
 
 
-def plot_preview(preview: Mapping[str, Any], out: str | os.PathLike[str] | None = None) -> Figure:
+def plot_preview(preview: Mapping[str, Any], out: str | os.PathLike[str] | None = None, *,
+                 dpi: int = 100) -> Figure:
     """Grid of the previewed patches; background patches framed orange, kept ones blue."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -938,7 +943,7 @@ def plot_preview(preview: Mapping[str, Any], out: str | os.PathLike[str] | None 
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.8 / (1.3 * nrows + 1.3) + 0.02,
                         top=1 - 0.75 / (1.3 * nrows + 1.3), wspace=0.08, hspace=0.08)
     if out is not None:
-        fig.savefig(out, dpi=100)
+        fig.savefig(out, dpi=dpi)
     return fig
 
 

@@ -58,72 +58,6 @@ def _cell_prefix_suffix_rows(g, p, pre, suf):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _select_kth_largest(f, k, bins, buf, lo, hi):  # pragma: no cover - compiled
-    """Exact k-th largest of ``f`` (1-based); ``hi`` is its max, ``lo`` its min or any
-    value between min and max (values below ``lo`` share the lowest bin).
-
-    1024-bin histograms narrow the candidates (a value's bin is a non-decreasing function
-    of it, so the k-th largest lies in the bin where the count from the top reaches ``k``),
-    then a small sort finishes. Four interleaved histograms avoid the store-to-load stalls
-    of runs of equal values (max-filtered data is full of plateaus).
-    """
-    src = f
-    n = f.shape[0]
-    r = k
-    if lo == hi:  # ``lo`` may be an upper bound of the minimum only: find the real one
-        for i in range(n):
-            v = f[i]
-            lo = v if v < lo else lo
-    while True:
-        if lo == hi:
-            return hi
-        if n <= 256:
-            part = np.sort(src[:n].copy())
-            return part[n - r]
-        counts = np.zeros((4, _NBINS), np.int64)
-        scale = np.float32((_NBINS - 1) / (np.float64(hi) - np.float64(lo)))
-        lo32 = np.float32(lo)
-        n4 = n - n % 4
-        for i in range(0, n4, 4):
-            for q in range(4):
-                b = np.int32((src[i + q] - lo32) * scale)
-                b = min(max(b, 0), _NBINS - 1)
-                bins[i + q] = b
-                counts[q, b] += 1
-        for i in range(n4, n):
-            b = np.int32((src[i] - lo32) * scale)
-            b = min(max(b, 0), _NBINS - 1)
-            bins[i] = b
-            counts[0, b] += 1
-        cum = 0
-        b = _NBINS - 1
-        while b > 0:
-            c = counts[0, b] + counts[1, b] + counts[2, b] + counts[3, b]
-            if cum + c >= r:
-                break
-            cum += c
-            b -= 1
-        r = r - cum  # rank from the top inside bin b
-        m = 0
-        nlo = hi
-        nhi = lo
-        for i in range(n):
-            if bins[i] == b:
-                v = src[i]
-                buf[m] = v
-                m += 1
-                nlo = v if v < nlo else nlo
-                nhi = v if v > nhi else nhi
-        if m == n:  # no progress possible with this binning (float rounding): sort
-            part = np.sort(src[:n].copy())
-            return part[n - r]
-        src = buf[:m].copy()
-        n = m
-        lo = nlo
-        hi = nhi
-
-
-@njit(cache=True, nogil=True)
 def _select_kth_largest_weighted(vals, cnts, m, k, lo, hi, bins):  # pragma: no cover
     """Exact k-th largest of the multiset {vals[i] x cnts[i]} (i < m), min/max lo/hi.
 
@@ -166,23 +100,57 @@ def _select_kth_largest_weighted(vals, cnts, m, k, lo, hi, bins):  # pragma: no 
 
 
 @njit(cache=True, nogil=True)
-def _rle_append(row, vals, cnts, t):  # pragma: no cover - compiled
-    """Append the runs of equal consecutive values of ``row`` to (vals, cnts) at ``t``."""
-    v = row[0]
-    c = 1
-    for j in range(1, row.shape[0]):
-        w = row[j]
-        if w == v:
+def _profile_rle(hp, hs, ca, cb, p, h, vals, cnts, t, lo):  # pragma: no cover - compiled
+    """Run-length encode one region row's clipped max-filter profile (length 2p) straight
+    from the x prefix/suffix maxima ``hp``/``hs`` of the row (cells start at ``ca``, ``cb``).
+
+    The profile is ``hp[ca+p-h-1+j]`` (j < h), then ``max(hs[ca+u], hp[cb+u-1])`` for
+    ``u`` in ``[0, p)`` (``u = 0``: ``hs[ca]``), then ``hs[cb+j]`` (j < p-h). Runs of equal
+    consecutive values are appended to (vals, cnts) at ``t``; returns ``(t, lo)`` with
+    ``lo`` the running minimum.
+    """
+    cur = hp[ca + p - h - 1] if h > 0 else hs[ca]
+    c = 0
+    for j in range(h):
+        v = hp[ca + p - h - 1 + j]
+        if v == cur:
             c += 1
         else:
-            vals[t] = v
+            vals[t] = cur
             cnts[t] = c
             t += 1
-            v = w
+            lo = cur if cur < lo else lo
+            cur = v
             c = 1
-    vals[t] = v
+    for u in range(p):
+        v = hs[ca + u]
+        if u > 0:
+            q = hp[cb + u - 1]
+            v = v if v > q else q
+        if v == cur:
+            c += 1
+        else:
+            vals[t] = cur
+            cnts[t] = c
+            t += 1
+            lo = cur if cur < lo else lo
+            cur = v
+            c = 1
+    for j in range(p - h):
+        v = hs[cb + j]
+        if v == cur:
+            c += 1
+        else:
+            vals[t] = cur
+            cnts[t] = c
+            t += 1
+            lo = cur if cur < lo else lo
+            cur = v
+            c = 1
+    vals[t] = cur
     cnts[t] = c
-    return t + 1
+    lo = cur if cur < lo else lo
+    return t + 1, lo
 
 
 @njit(cache=True, nogil=True)
@@ -191,31 +159,6 @@ def _vmax(a, b, out):  # pragma: no cover - compiled
         u = a[x]
         v = b[x]
         out[x] = u if u > v else v
-
-
-@njit(cache=True, nogil=True)
-def _clipped_profile(pa, sa, pb, sb, p, h, out, lo, hi):  # pragma: no cover - compiled
-    """One region's clipped size-``p`` max-filter profile (length 2p) along the last axis
-    from the prefix/suffix maxima of its two cells; returns the updated (lo, hi)."""
-    for j in range(h):
-        out[j] = pa[j + p - h - 1]
-    out[h] = sa[0]
-    for j in range(h + 1, p):
-        s = sa[j - h]
-        q = pb[j - h - 1]
-        out[j] = s if s > q else q
-    for j in range(h):
-        s = sa[p - h + j]
-        q = pb[p - h + j - 1]
-        out[p + j] = s if s > q else q
-    for j in range(p - h):
-        out[p + h + j] = sb[j]
-    # its max is the max of the two cells; an end value bounds the min from above
-    m = sa[0] if sa[0] > pb[p - 1] else pb[p - 1]
-    hi = m if m > hi else hi
-    e = out[0] if out[0] < out[2 * p - 1] else out[2 * p - 1]
-    lo = e if e < lo else lo
-    return lo, hi
 
 
 @njit(cache=True, nogil=True)
@@ -238,7 +181,6 @@ def max_coverage_stack(g, p1, p2, n1, n2, k, out):  # pragma: no cover - compile
     hrow = np.empty((D, R1, X), g.dtype)
     hpre = np.empty((D, R1, X), g.dtype)
     hsuf = np.empty((D, R1, X), g.dtype)
-    prof = np.empty(R2, g.dtype)
     vals = np.empty(D * R1 * R2, g.dtype)
     cnts = np.empty(D * R1 * R2, np.int64)
     bins = np.empty(D * R1 * R2, np.int32)
@@ -280,15 +222,13 @@ def max_coverage_stack(g, p1, p2, n1, n2, k, out):  # pragma: no cover - compile
             hi = np.float32(-np.inf)
             for d in range(D):
                 for i in range(R1):
-                    lo, hi = _clipped_profile(
-                        hpre[d, i, c0:c1], hsuf[d, i, c0:c1], hpre[d, i, c1:c1 + p2],
-                        hsuf[d, i, c1:c1 + p2], p2, h2, prof, lo, hi,
-                    )
-                    t = _rle_append(prof, vals, cnts, t)
-            # the filtered values come in long plateaus: select among (value, run) pairs
-            lo = hi
-            for q in range(t):
-                lo = vals[q] if vals[q] < lo else lo
+                    hp = hpre[d, i]
+                    hs = hsuf[d, i]
+                    # the profile's max is the max of its two cells
+                    m = hs[c0] if hs[c0] > hp[c1 + p2 - 1] else hp[c1 + p2 - 1]
+                    hi = m if m > hi else hi
+                    # the filtered values come in long plateaus: keep (value, run) pairs
+                    t, lo = _profile_rle(hp, hs, c0, c1, p2, h2, vals, cnts, t, lo)
             out[a, b] = _select_kth_largest_weighted(vals, cnts, t, k, lo, hi, bins)
 
 

@@ -92,10 +92,14 @@ def test_fit_streams_each_epoch_plan(volume):
         assert got == want
 
 
-def test_fit_with_spawned_persistent_workers(volume):
+def test_fit_with_persistent_workers(volume):
     src, sc = volume
-    dm = PatchDataModule(src, sidecar=sc, batch_size=16, num_workers=2, return_metadata=True)
-    assert dm.multiprocessing_context == "spawn" and dm.persistent_workers
+    assert PatchDataModule(src, num_workers=2).multiprocessing_context == "spawn"  # the default
+    # fork here only to keep the test fast; spawn is covered in test_dataset.py
+    dm = PatchDataModule(
+        src, sidecar=sc, batch_size=16, num_workers=2, return_metadata=True, multiprocessing_context="fork"
+    )
+    assert dm.persistent_workers
     model = _TinyModel()
     _trainer(2).fit(model, datamodule=dm)
     n = len(dm.train_dataset)

@@ -736,14 +736,12 @@ class PatchDataset(IterableDataset):
         self._stats_base = self._stats[slot].numpy().copy()
         self._counters0 = self._counters()
         todo = shard[start:]
-        samples = (
-            np.stack(np.unravel_index(todo["sample"], self.sample_shape), axis=1).tolist()
-            if self.sample_shape
-            else [[]] * len(todo)
-        )
+        cuts = [self._prepare(self._reader, self.channels, todo)]
+        if self._target_reader is not None:
+            cuts.append(self._prepare(self._target_reader, self.target_channels, todo))
         origins = todo["origin"].tolist()
         for i, entry in enumerate(todo):
-            item = self._load(entry, samples[i], origins[i])
+            item = self._load(entry, [c(i) for c in cuts], origins[i])
             if i % 32 == 0:
                 self._record(slot, i + 1)
             if info is None:
@@ -768,9 +766,66 @@ class PatchDataset(IterableDataset):
         now[0] = done
         self._stats[slot] = torch.from_numpy(self._stats_base + now)
 
-    def _box(
-        self, dims: Sequence[str], chans: Sequence[int], sample: Sequence[int], origin: Sequence[int]
-    ) -> tuple[list[int], list[int]]:
+    def _prepare(self, reader: _ChunkReader, chans: Sequence[int],
+                 todo: np.ndarray) -> Callable[[int], np.ndarray]:
+        """Vectorised box geometry of every patch of ``todo``; returns ``cut(i) -> patch``."""
+        dims = reader.dims
+        n = len(todo)
+        lo = np.empty((n, len(dims)), np.int64)
+        size = np.ones(len(dims), np.int64)
+        smp = np.unravel_index(todo["sample"], self.sample_shape) if self.sample_shape else ()
+        for j, d in enumerate(dims):
+            if d in self.sample_dims:
+                lo[:, j] = smp[self.sample_dims.index(d)]
+            elif d == "c":
+                lo[:, j], size[j] = min(chans), max(chans) - min(chans) + 1
+            else:
+                k = self.spatial_dims.index(d)
+                lo[:, j], size[j] = todo["origin"][:, k], self.patch_size[k]
+        is_sample = [d in self.sample_dims for d in dims]
+        kept = [d for d in dims if d not in self.sample_dims]
+        perm = ([kept.index("c")] + [i for i, d in enumerate(kept) if d != "c"]
+                if "c" in kept else None)
+        csel = [c - min(chans) for c in chans] if "c" in kept else None
+        if csel is not None and csel == list(range(size[dims.index("c")])):
+            csel = None
+        sizes = size.tolist()
+        if reader._numpy is not None:
+            c0, loc, single = lo.tolist(), lo.tolist(), [True] * n
+            array = reader._numpy
+            blocks: Callable[[tuple[int, ...]], np.ndarray] = lambda key: array  # noqa: E731
+        else:
+            ch = np.asarray(reader.chunks, np.int64)
+            c0a = lo // ch
+            single = ((lo + size - 1) // ch == c0a).all(axis=1).tolist()
+            loc, c0 = (lo - c0a * ch).tolist(), c0a.tolist()
+            blocks = reader._chunk
+        los = lo.tolist()
+        nd = len(dims)
+
+        def cut(i: int) -> np.ndarray:
+            if single[i]:
+                block = blocks(tuple(c0[i]))
+                li = loc[i]
+                box = block[tuple(li[j] if is_sample[j] else slice(li[j], li[j] + sizes[j])
+                                  for j in range(nd))]
+            else:
+                a = los[i]
+                box = reader.read(a, [a[j] + sizes[j] for j in range(nd)])
+                box = box[tuple(0 if is_sample[j] else slice(None) for j in range(nd))]
+            if perm is not None:
+                box = box.transpose(perm)
+                if csel is not None:
+                    box = box[csel]
+            # always a fresh array: the box may be a view of a cached chunk or the user's array
+            out = np.array(box, dtype=np.float32, order="C", copy=True)
+            return out if perm is not None else out[None]
+
+        return cut
+
+    def _box(self, dims: Sequence[str], chans: Sequence[int], sample: Sequence[int],
+             origin: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Box ``[lo, hi)`` of one patch in the reader's dims (used by the benchmark baseline)."""
         lo, hi = [], []
         for d in dims:
             if d in self.sample_dims:
@@ -783,29 +838,11 @@ class PatchDataset(IterableDataset):
                 lo.append(origin[k]), hi.append(origin[k] + self.patch_size[k])
         return lo, hi
 
-    def _cut(
-        self, reader: _ChunkReader, chans: Sequence[int], sample: Sequence[int], origin: Sequence[int]
-    ) -> np.ndarray:
-        dims = reader.dims
-        box = reader.read(*self._box(dims, chans, sample, origin))
-        box = box[tuple(slice(None) if (d == "c" or d in self.spatial_dims) else 0 for d in dims)]
-        kept = [d for d in dims if d == "c" or d in self.spatial_dims]
-        if "c" in kept:
-            box = np.moveaxis(box, kept.index("c"), 0)
-            if len(chans) != box.shape[0]:
-                box = box[[c - min(chans) for c in chans]]
-        else:
-            box = box[None]
-        # always a fresh array: the box may be a view of a cached chunk or of the user's array
-        return np.array(box, dtype=np.float32, order="C", copy=True)
-
-    def _load(self, entry: np.ndarray, sample: Sequence[int], origin: Sequence[int]) -> Any:
-        x = self._cut(self._reader, self.channels, sample, origin)
+    def _load(self, entry: np.ndarray, patches: Sequence[np.ndarray], origin: Sequence[int]) -> Any:
+        x = patches[0]
         if self._norm is not None:
             x = (x - self._norm[0]) / self._norm[1]
-        y = None
-        if self._target_reader is not None:
-            y = self._cut(self._target_reader, self.target_channels, sample, origin)
+        y = patches[1] if len(patches) > 1 else None
         if self.transform is not None:
             x, y = self.transform(x, y)
         out: list[Any] = [torch.from_numpy(np.ascontiguousarray(x))]

@@ -58,6 +58,8 @@ __all__ = ["PatchDataset", "PatchLoader"]
 
 MAX_WORKERS = 64
 _STAT_FIELDS = 4  # patches, cache hits, cache misses, decoded bytes read
+PREFETCH_THREADS = 2  # background chunk decoders per reader (and process)
+PREFETCH_AHEAD = 3  # distinct upcoming chunks decoded ahead of the patch being cut
 
 
 # --------------------------------------------------------------------------- chunk reader
@@ -89,12 +91,33 @@ class _ChunkReader:
         self._pid: int | None = None
         self._cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
         self._cached = 0
+        self._pool: Any = None
+        self._pending: dict[tuple[int, ...], Any] = {}
         self.hits = self.misses = self.bytes_read = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_arr=None, _pid=None, _cache=OrderedDict(), _cached=0)
+        state.update(_arr=None, _pid=None, _cache=OrderedDict(), _cached=0, _pool=None, _pending={})
         return state
+
+    def _fetch(self, key: tuple[int, ...]) -> np.ndarray:
+        sl = tuple(
+            slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.shape, strict=True)
+        )
+        return np.asarray(self.array()[sl])
+
+    def prefetch(self, key: tuple[int, ...]) -> None:
+        """Start decoding ``key`` in a background thread (codecs release the GIL)."""
+        if self._numpy is not None or key in self._cache or key in self._pending:
+            return
+        self.array()  # (re)open in this process first: the pool belongs to this pid
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(
+                max_workers=PREFETCH_THREADS, thread_name_prefix="patchsieve-prefetch"
+            )
+        self._pending[key] = self._pool.submit(self._fetch, key)
 
     def array(self) -> Any:
         if self._numpy is not None:
@@ -106,6 +129,7 @@ class _ChunkReader:
             self._pid = os.getpid()
             self._cache.clear()
             self._cached = 0
+            self._pool, self._pending = None, {}  # threads do not survive fork
             if tuple(self._arr.shape) != self.shape:
                 raise SidecarMismatchError(
                     f"array {self.array_path!r} of {self.url!r} has shape {self._arr.shape}; the "
@@ -126,10 +150,8 @@ class _ChunkReader:
             self.hits += 1
             return block
         self.misses += 1
-        sl = tuple(
-            slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.shape, strict=True)
-        )
-        block = np.asarray(self.array()[sl])
+        pending = self._pending.pop(key, None)
+        block = pending.result() if pending is not None else self._fetch(key)
         self.bytes_read += block.nbytes
         if block.nbytes <= self.cache_bytes:
             self._cache[key] = block
@@ -766,8 +788,9 @@ class PatchDataset(IterableDataset):
         now[0] = done
         self._stats[slot] = torch.from_numpy(self._stats_base + now)
 
-    def _prepare(self, reader: _ChunkReader, chans: Sequence[int],
-                 todo: np.ndarray) -> Callable[[int], np.ndarray]:
+    def _prepare(
+        self, reader: _ChunkReader, chans: Sequence[int], todo: np.ndarray
+    ) -> Callable[[int], np.ndarray]:
         """Vectorised box geometry of every patch of ``todo``; returns ``cut(i) -> patch``."""
         dims = reader.dims
         n = len(todo)
@@ -784,8 +807,7 @@ class PatchDataset(IterableDataset):
                 lo[:, j], size[j] = todo["origin"][:, k], self.patch_size[k]
         is_sample = [d in self.sample_dims for d in dims]
         kept = [d for d in dims if d not in self.sample_dims]
-        perm = ([kept.index("c")] + [i for i, d in enumerate(kept) if d != "c"]
-                if "c" in kept else None)
+        perm = [kept.index("c")] + [i for i, d in enumerate(kept) if d != "c"] if "c" in kept else None
         csel = [c - min(chans) for c in chans] if "c" in kept else None
         if csel is not None and csel == list(range(size[dims.index("c")])):
             csel = None
@@ -802,13 +824,25 @@ class PatchDataset(IterableDataset):
             blocks = reader._chunk
         los = lo.tolist()
         nd = len(dims)
+        # upcoming distinct chunks in execution order, decoded ahead in background threads
+        run_start = [i for i in range(n) if i == 0 or c0[i] != c0[i - 1]]
+        run_keys = [tuple(c0[i]) for i in run_start]
+        run_of = np.repeat(np.arange(len(run_start)), np.diff([*run_start, n])).tolist()
+        ahead = [0]
+        prefetch = reader._numpy is None and PREFETCH_AHEAD > 0
 
         def cut(i: int) -> np.ndarray:
+            if prefetch:
+                stop = min(run_of[i] + 1 + PREFETCH_AHEAD, len(run_keys))
+                while ahead[0] < stop:
+                    reader.prefetch(run_keys[ahead[0]])
+                    ahead[0] += 1
             if single[i]:
                 block = blocks(tuple(c0[i]))
                 li = loc[i]
-                box = block[tuple(li[j] if is_sample[j] else slice(li[j], li[j] + sizes[j])
-                                  for j in range(nd))]
+                box = block[
+                    tuple(li[j] if is_sample[j] else slice(li[j], li[j] + sizes[j]) for j in range(nd))
+                ]
             else:
                 a = los[i]
                 box = reader.read(a, [a[j] + sizes[j] for j in range(nd)])
@@ -823,8 +857,9 @@ class PatchDataset(IterableDataset):
 
         return cut
 
-    def _box(self, dims: Sequence[str], chans: Sequence[int], sample: Sequence[int],
-             origin: Sequence[int]) -> tuple[list[int], list[int]]:
+    def _box(
+        self, dims: Sequence[str], chans: Sequence[int], sample: Sequence[int], origin: Sequence[int]
+    ) -> tuple[list[int], list[int]]:
         """Box ``[lo, hi)`` of one patch in the reader's dims (used by the benchmark baseline)."""
         lo, hi = [], []
         for d in dims:

@@ -12,7 +12,8 @@ slices of ``make_data.py``, and the same slices rounded to integers, still float
 - the Dask path: ``patchsieve.regions.region_stats`` over the stack as a chunked
   ``xarray.DataArray`` (chunks (1, 512, 512)), threaded scheduler, computed.
 
-Throughput is MB/s of float32 input; ratios are patchsieve / CAREamics from this run.
+Throughput is MB/s of float32 input; ratios are patchsieve / CAREamics from this run, both
+taken as best of ``--repeat`` runs (medians and every run are kept in the JSON).
 Targets (issue 4): ``filter_map`` >= 10x for Max (numba), MeanStd, Mask, integer Shannon;
 >= 3x for float Shannon; region values >= 5x ``filter_background`` for every filter.
 
@@ -118,29 +119,38 @@ def measure_careamics(npy: Path, repeat: int, threads: int | None,
     return None if doc is None else doc.get("phases")
 
 
+def _best(t: dict[str, Any], nbytes: int) -> float:
+    """MB/s of the fastest run: on a shared machine the other processes only ever slow a
+    run down, so best-of-N (for both tools, same run) is the least noisy comparison."""
+    return H.mb_per_s(nbytes, float(t["min_s"]))
+
+
 def summarise(variant: str, ps: dict, ca: dict | None, nbytes: int, n: int) -> list[dict]:
     rows = []
     for name in FILTERS:
         fm_t = ">=3" if (name == "shannon" and variant == "float") else FM_TARGET.get(name, ">=10")
-        ca_fm = ca["filter_map"][name]["MBps"] if ca else None
-        ca_bg = ca["filter_background"][name]["MBps"] if ca else None
+        ca_fm = _best(ca["filter_map"][name], nbytes) if ca else None
+        ca_bg = _best(ca["filter_background"][name], nbytes) if ca else None
         label = f"{name} {variant}, {n} slices 1024^2 f32, patch 64^2"
-        rows.append(H.summary_row(f"filter_map {label}", ps[name]["filter_map"]["MBps"], "MB/s",
-                                  baseline="CAREamics 0.3.5 filter_map", baseline_value=ca_fm,
-                                  target=fm_t))
-        rows.append(H.summary_row(f"region values {label}", ps[name]["region_values"]["MBps"],
-                                  "MB/s", baseline="CAREamics 0.3.5 filter_background",
-                                  baseline_value=ca_bg, target=">=5"))
-        rows.append(H.summary_row(f"Dask region_stats {label}",
-                                  ps[name]["dask_region_stats"]["MBps"], "MB/s",
+        rows.append(H.summary_row(f"filter_map {label}", _best(ps[name]["filter_map"], nbytes),
+                                  "MB/s", baseline="CAREamics 0.3.5 filter_map",
+                                  baseline_value=ca_fm, target=fm_t, note="best of N"))
+        rows.append(H.summary_row(f"region values {label}",
+                                  _best(ps[name]["region_values"], nbytes), "MB/s",
                                   baseline="CAREamics 0.3.5 filter_background",
-                                  baseline_value=ca_bg, note="threads, chunks (1,512,512)"))
+                                  baseline_value=ca_bg, target=">=5", note="best of N"))
+        rows.append(H.summary_row(f"Dask region_stats {label}",
+                                  _best(ps[name]["dask_region_stats"], nbytes), "MB/s",
+                                  baseline="CAREamics 0.3.5 filter_background",
+                                  baseline_value=ca_bg,
+                                  note="best of N; threads, chunks (1,512,512)"))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = H.bench_argparser(__doc__.split("\n")[0])
     ap.add_argument("--slices", type=int, default=8, help="1024^2 slices of the Hagen-like stack")
+    ap.set_defaults(repeat=5)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     threads = H.set_threads(args.threads)

@@ -214,3 +214,21 @@ def test_preview_bad_mode(sidecars, tmp_path):
     res = run("preview", sidecars["hagen2d"], "-f", "shannon", "--mode", "nope",
               "-o", tmp_path / "g.png", code=2)
     assert "mode" in res.output
+
+
+def test_inspect_incomplete(sidecars, tmp_path):
+    import shutil
+
+    import zarr
+
+    dst = tmp_path / "inc.patchsieve.zarr"
+    shutil.copytree(sidecars["vol3d2c"], dst)
+    g = zarr.open_group(str(dst), mode="r+")
+    meta = dict(g.attrs["patchsieve"])
+    meta["complete"] = False
+    meta["status"] = {k: v for k, v in meta["status"].items() if k != "decisions/shannon"}
+    g.attrs["patchsieve"] = meta
+    out = run("inspect", dst).output
+    assert "INCOMPLETE" in out and "pending" in out
+    quiet = run("inspect", dst, "-q").output
+    assert "shannon: INCOMPLETE" in quiet and "mean_std: " in quiet

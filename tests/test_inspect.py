@@ -421,3 +421,33 @@ def test_otsu_on_constant_values_is_refused(demo, client, tmp_path):
         ins.suggest_threshold(sc)
     assert ins.suggest_threshold(sc, background_fraction=0.5).background_fraction in (0.0, 1.0)
     assert open_sidecar(sc.path).is_complete
+
+
+def make_incomplete(src_path, dst):
+    """Copy a side-car and roll it back to 'interrupted': one stats block unmarked, no decisions."""
+    import shutil
+
+    import zarr
+
+    shutil.copytree(src_path, dst)
+    g = zarr.open_group(str(dst), mode="r+")
+    meta = dict(g.attrs["patchsieve"])
+    meta["complete"] = False
+    meta["status"] = {k: v for k, v in meta["status"].items() if not k.startswith("decisions")}
+    g.attrs["patchsieve"] = meta
+    (key, marks), *_ = list(g["progress"].arrays())
+    m = np.asarray(marks[...])
+    m.flat[0] = 0
+    marks[...] = m
+    return key, int(np.count_nonzero(m)), int(m.size)
+
+
+def test_summarize_incomplete_sidecar(sidecars, tmp_path):
+    dst = tmp_path / "inc.patchsieve.zarr"
+    key, done, total = make_incomplete(sidecars["hagen2d"].path, dst)
+    s = ins.summarize(dst)
+    assert s["complete"] is False and s["levels"] == []
+    assert s["progress"][key] == {"done": done, "total": total}
+    assert all(f == {"config": f["config"], "incomplete": True} for f in s["filters"].values())
+    assert ins.summarize(sidecars["hagen2d"], find_references=False)["progress"][key]["done"] \
+        == total

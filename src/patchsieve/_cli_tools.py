@@ -105,7 +105,6 @@ def _print_summary(s: Mapping[str, Any]) -> None:
     ]
     for k, v in rows:
         head.add_row(k, v)
-    con.print(head)
     filt = Table(title="filters (region counts over all samples)", title_justify="left")
     for col in ("filter", "regions", "kept", "background", "background per sample",
                 "patches/epoch"):
@@ -115,7 +114,14 @@ def _print_summary(s: Mapping[str, Any]) -> None:
                         "area; in region units)", title_justify="left")
     for col in ("filter", "mode", "patches/epoch", "background share", "(region units)"):
         modes.add_column(col, justify="left" if col in ("filter", "mode") else "right")
+    for key, pr in s.get("progress", {}).items():
+        if pr["done"] < pr["total"]:
+            head.add_row(escape(key), f"{pr['done']}/{pr['total']} blocks written")
     for name, f in s["filters"].items():
+        if f.get("incomplete"):
+            filt.add_row(f"[bold]{escape(name)}[/]\n{escape(_config_text(f['config']))}",
+                         "-", "-", "pending", "-", "-")
+            continue
         ps = f["per_sample"]
         bf = ps["background_fraction"]
         spread = (f"{_pct(bf['min'])} (#{bf['min_sample']}) to {_pct(bf['max'])} "
@@ -128,10 +134,11 @@ def _print_summary(s: Mapping[str, Any]) -> None:
             modes.add_row(name, mode, str(m["patches_per_epoch"]),
                           _pct(m["expected_background_fraction"]),
                           _pct(m["expected_background_fraction_region_units"]))
+    con.print(head)
     con.print(filt)
     con.print(modes)
     for name, f in s["filters"].items():
-        rows = f["per_sample"]["rows"]
+        rows = f.get("per_sample", {}).get("rows")
         if rows and len(rows) > 1:
             t = Table(title=f"{name}: per sample ({', '.join(f['per_sample']['dims'])})",
                       title_justify="left")
@@ -188,6 +195,9 @@ def inspect_cmd(
         typer.echo(json.dumps(s, indent=1, default=str))
     elif quiet:
         for name, f in s["filters"].items():
+            if f.get("incomplete"):
+                typer.echo(f"{name}: INCOMPLETE (decisions not written yet)")
+                continue
             typer.echo(f"{name}: {f['n_background']}/{f['n_regions']} background "
                        f"({_pct(f['background_fraction'])}), "
                        f"{f['patches_per_epoch_careamics']} patches per epoch, "

@@ -67,13 +67,15 @@ _STAT_LABELS = {"entropy": "Shannon entropy (bits)", "mean": "region mean", "std
 
 
 # ------------------------------------------------------------------------------ helpers
-def _as_sidecar(sidecar: Any, storage_options: Mapping[str, Any] | None = None) -> Sidecar:
+def _as_sidecar(sidecar: Any, storage_options: Mapping[str, Any] | None = None, *,
+                allow_incomplete: bool = False) -> Sidecar:
     from patchsieve.sidecar import Sidecar, open_sidecar
 
     if isinstance(sidecar, Sidecar):
         return sidecar
     if isinstance(sidecar, (str, os.PathLike)):
-        return open_sidecar(os.fspath(sidecar), storage_options=storage_options)
+        return open_sidecar(os.fspath(sidecar), storage_options=storage_options,
+                            allow_incomplete=allow_incomplete)
     raise ConfigError(f"sidecar must be a path/URL or a Sidecar; got {type(sidecar).__name__}.")
 
 
@@ -234,10 +236,17 @@ def summarize(
     -------
     dict
         Keys ``sidecar``, ``source``, ``complete``, ``status``, ``geometry``, ``storage``,
-        ``filters`` (per filter: fractions, ``modes`` with ``patches_per_epoch`` and
-        ``expected_background_fraction`` per sampling mode, ``per_sample``) and ``levels``.
+        ``progress`` (blocks written / total per resume log), ``filters`` (per filter:
+        fractions, ``modes`` with ``patches_per_epoch`` and ``expected_background_fraction`` per
+        sampling mode, ``per_sample``; only ``config`` and ``incomplete: True`` while its decisions
+        are not written) and ``levels``.
+
+    Notes
+    -----
+    An incomplete side-car (a run interrupted or still going) is summarised too, so that its
+    progress can be checked; readers such as the dataset refuse it.
     """
-    sc = _as_sidecar(sidecar, storage_options)
+    sc = _as_sidecar(sidecar, storage_options, allow_incomplete=True)
     a = sc.attrs
     geom = {"dims": list(sc.dims), "shape": sc.shape, "chunks": sc.chunks, "dtype": sc.dtype,
             "sample_dims": list(sc.sample_dims), "sample_shape": list(sc.sample_shape),
@@ -253,9 +262,17 @@ def summarize(
         "format_version": a.get("format_version"), "patchsieve_version": a.get("patchsieve_version"),
         "created": a.get("created"), "updated": a.get("updated"), "geometry": geom,
         "storage": sidecar_nbytes(sc.path, storage_options),
-        "filters": {n: _filter_summary(sc, n, seed, max_samples) for n in sc.filter_names},
+        "progress": _block_progress(sc),
+        "filters": {},
         "levels": [],
     }
+    for name in sc.filter_names:
+        if sc.status.get(f"decisions/{name}") != "complete":
+            out["filters"][name] = {"config": dict(a["filters"][name]), "incomplete": True}
+            continue
+        out["filters"][name] = _filter_summary(sc, name, seed, max_samples)
+    if not sc.is_complete:
+        return out  # no level comparison before the run has finished
     refs = [_as_sidecar(r, storage_options) for r in references or []]
     if find_references:
         known = {os.path.abspath(r.path) for r in refs}
@@ -267,6 +284,19 @@ def summarize(
                                   "filters": level_agreement(sc, ref)})
         except (ConfigError, DataError) as err:
             out["levels"].append({"sidecar": ref.path, "level": ref.level, "error": str(err)})
+    return out
+
+
+def _block_progress(sc: Sidecar) -> dict[str, dict[str, int]]:
+    """Blocks written / total per resume log (``progress/*``) of the filter pass."""
+    out: dict[str, dict[str, int]] = {}
+    try:
+        group = sc._group["progress"]
+    except KeyError:
+        return out
+    for key, arr in group.arrays():
+        marks = np.asarray(arr[...])
+        out[key] = {"done": int(np.count_nonzero(marks)), "total": int(marks.size)}
     return out
 
 

@@ -12,6 +12,7 @@ import pytest
 
 matplotlib.use("Agg")
 
+from patchsieve import inspect as ins  # noqa: E402
 from patchsieve.compute import compute  # noqa: E402
 from patchsieve.config import (  # noqa: E402
     MaxPatchFilterConfig,
@@ -24,8 +25,6 @@ from patchsieve.regions import decide, filter_map_from_stats  # noqa: E402
 from patchsieve.sampling import StratifiedPatching  # noqa: E402
 from patchsieve.sidecar import open_sidecar  # noqa: E402
 from patchsieve.volume import open_volume  # noqa: E402
-
-from patchsieve import inspect as ins  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
@@ -451,3 +450,15 @@ def test_summarize_incomplete_sidecar(sidecars, tmp_path):
     assert all(f == {"config": f["config"], "incomplete": True} for f in s["filters"].values())
     assert ins.summarize(sidecars["hagen2d"], find_references=False)["progress"][key]["done"] \
         == total
+
+
+def test_decisions_at_level0_without_a_level0_sidecar(sidecars):
+    coarse, fine = sidecars["vol3d2c_l1"], sidecars["vol3d2c"]
+    geo = ins.level0_geometry(coarse)
+    assert geo.patch_size == {"z": 8, "y": 32, "x": 32} and geo.grid_shape == fine.grid_shape
+    res = ins.decisions_at_level0(coarse, "shannon")
+    np.testing.assert_array_equal(res["filter_out"], ins.decisions_at(coarse, fine, "shannon"))
+    np.testing.assert_array_equal(res["weight"], np.where(res["filter_out"], 0.1, 1.0))
+    sp = StratifiedPatching((16, 128, 128), (8, 32, 32), res["weight"],
+                            background=res["filter_out"])
+    assert sp.epoch_length > 0

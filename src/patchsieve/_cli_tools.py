@@ -77,17 +77,17 @@ def _config_text(cfg: Mapping[str, Any]) -> str:
     skip = ("name", "mask_sha256", "ref_channel", "filtered_patch_prob")
     parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
              for k, v in cfg.items() if k not in skip and v is not None]
-    return ", ".join([*parts, f"p={cfg.get('filtered_patch_prob')}"])
+    return "\n".join([*parts, f"p={cfg.get('filtered_patch_prob')}"])
 
 
 # ------------------------------------------------------------------------------ inspect
-def _print_summary(s: Mapping[str, Any]) -> None:
+def _head_table(s: Mapping[str, Any]) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
-    con = _console()
     g = s["geometry"]
-    head = Table(title=f"side-car {s['sidecar']}", show_header=False, title_justify="left")
+    head = Table(title=escape(f"side-car {s['sidecar']}"), show_header=False,
+                 title_justify="left")
     head.add_column(style="bold")
     head.add_column()
     state = "[green]complete[/]" if s["complete"] else "[red]INCOMPLETE[/] (rerun compute)"
@@ -103,57 +103,76 @@ def _print_summary(s: Mapping[str, Any]) -> None:
         ("storage", f"{_size(s['storage']['bytes'])} in {s['storage']['files']} objects"),
         ("created / updated", f"{s['created']} / {s['updated']}"),
     ]
+    for key, pr in s.get("progress", {}).items():
+        if pr["done"] < pr["total"]:
+            rows.append((escape(key), f"{pr['done']}/{pr['total']} blocks written"))
     for k, v in rows:
         head.add_row(k, v)
+    return head
+
+
+def _filter_tables(s: Mapping[str, Any]) -> tuple[Any, Any]:
+    from rich.markup import escape
+    from rich.table import Table
+
     filt = Table(title="filters (region counts over all samples)", title_justify="left")
-    for col in ("filter", "regions", "kept", "background", "background per sample",
-                "patches/epoch"):
-        filt.add_column(col, justify="left" if col in ("filter", "background per sample")
-                        else "right")
+    filt.add_column("filter", min_width=15, overflow="fold")
+    for col in ("regions", "kept", "background", "background per sample", "patches/epoch"):
+        filt.add_column(col, justify="left" if col == "background per sample" else "right")
     modes = Table(title="sampling modes: expected per epoch (share weighted by selectable "
                         "area; in region units)", title_justify="left")
     for col in ("filter", "mode", "patches/epoch", "background share", "(region units)"):
         modes.add_column(col, justify="left" if col in ("filter", "mode") else "right")
-    for key, pr in s.get("progress", {}).items():
-        if pr["done"] < pr["total"]:
-            head.add_row(escape(key), f"{pr['done']}/{pr['total']} blocks written")
     for name, f in s["filters"].items():
+        label = f"[bold]{escape(name)}[/]\n{escape(_config_text(f['config']))}"
         if f.get("incomplete"):
-            filt.add_row(f"[bold]{escape(name)}[/]\n{escape(_config_text(f['config']))}",
-                         "-", "-", "pending", "-", "-")
+            filt.add_row(label, "-", "-", "pending", "-", "-")
             continue
         ps = f["per_sample"]
         bf = ps["background_fraction"]
         spread = (f"{_pct(bf['min'])} (#{bf['min_sample']}) to {_pct(bf['max'])} "
                   f"(#{bf['max_sample']}); median {_pct(bf['median'])}") if ps["n"] > 1 else "-"
-        filt.add_row(f"[bold]{escape(name)}[/]\n{escape(_config_text(f['config']))}",
-                     str(f["n_regions"]), _pct(f["kept_fraction"]),
+        filt.add_row(label, str(f["n_regions"]), _pct(f["kept_fraction"]),
                      f"{f['n_background']} ({_pct(f['background_fraction'])})", spread,
                      str(f["patches_per_epoch_careamics"]))
         for mode, m in f["modes"].items():
             modes.add_row(name, mode, str(m["patches_per_epoch"]),
                           _pct(m["expected_background_fraction"]),
                           _pct(m["expected_background_fraction_region_units"]))
-    con.print(head)
-    con.print(filt)
-    con.print(modes)
+    return filt, modes
+
+
+def _sample_tables(s: Mapping[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    tables = []
     for name, f in s["filters"].items():
         rows = f.get("per_sample", {}).get("rows")
-        if rows and len(rows) > 1:
-            t = Table(title=f"{name}: per sample ({', '.join(f['per_sample']['dims'])})",
-                      title_justify="left")
-            for col in ("sample", "index", "background", "patches/epoch"):
-                t.add_column(col, justify="right")
-            for r in rows:
-                t.add_row(str(r["sample"]), str(tuple(r["index"])),
-                          f"{r['n_background']}/{r['n_regions']} ({_pct(r['background_fraction'])})",
-                          str(r["patches_per_epoch"]))
-            con.print(t)
+        if not rows or len(rows) < 2:
+            continue
+        t = Table(title=f"{name}: per sample ({', '.join(f['per_sample']['dims'])})",
+                  title_justify="left")
+        for col in ("sample", "index", "background", "patches/epoch"):
+            t.add_column(col, justify="right")
+        for r in rows:
+            t.add_row(str(r["sample"]), str(tuple(r["index"])),
+                      f"{r['n_background']}/{r['n_regions']} ({_pct(r['background_fraction'])})",
+                      str(r["patches_per_epoch"]))
+        tables.append(t)
+    return tables
+
+
+def _level_tables(s: Mapping[str, Any]) -> list[Any]:
+    from rich.markup import escape
+    from rich.table import Table
+
+    tables: list[Any] = []
     for lv in s["levels"]:
         if "error" in lv:
-            con.print(f"level {lv['level']} side-car {lv['sidecar']}: not comparable ({lv['error']})")
+            tables.append(escape(f"level {lv['level']} side-car {lv['sidecar']}: not "
+                                 f"comparable ({lv['error']})"))
             continue
-        t = Table(title=f"decisions vs level {lv['level']} side-car {lv['sidecar']}",
+        t = Table(title=escape(f"decisions vs level {lv['level']} side-car {lv['sidecar']}"),
                   title_justify="left")
         for col in ("filter", "levels", "regions", "identical decisions",
                     "background fine / coarse", "identical at matched share"):
@@ -164,7 +183,15 @@ def _print_summary(s: Mapping[str, Any]) -> None:
                       f"{_pct(a['background_fraction_fine'])} / "
                       f"{_pct(a['background_fraction_coarse'])}",
                       _pct(a["agreement_at_matched_fraction"]))
-        con.print(t)
+        tables.append(t)
+    return tables
+
+
+def _print_summary(s: Mapping[str, Any]) -> None:
+    con = _console()
+    con.print(_head_table(s))
+    for table in (*_filter_tables(s), *_sample_tables(s), *_level_tables(s)):
+        con.print(table)
 
 
 def inspect_cmd(

@@ -43,10 +43,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "RegionGridGeometry",
     "ThresholdSuggestion",
     "apply_threshold",
     "decisions_at",
+    "decisions_at_level0",
     "find_level_sidecars",
+    "level0_geometry",
     "level_agreement",
     "level_patch_size",
     "plot_filter_maps",
@@ -580,7 +583,7 @@ def _slice_region_map(values: NDArray[Any], spatial_shape: Sequence[int],
     v = np.asarray(values, np.float64)
     if len(spatial_shape) == 2:
         return expand_region_values(v, spatial_shape, patch)
-    pz, bz = int(patch[0]), int(z) // int(patch[0])  # type: ignore[arg-type]
+    bz = int(z) // int(patch[0])  # type: ignore[arg-type]
     layers = [v[g] for g in (bz - 1, bz) if 0 <= g < v.shape[0]]
     if not layers:
         return np.zeros(tuple(spatial_shape[1:]), np.float64)
@@ -1043,36 +1046,79 @@ def level_patch_size(
     return out
 
 
-def _sidecar_transform(sc: Sidecar) -> tuple[dict[str, float], dict[str, float]]:
+@dataclass(frozen=True)
+class RegionGridGeometry:
+    """A region grid placed in physical space: what mapping decisions between levels needs."""
+
+    dims: tuple[str, ...]
+    shape: dict[str, int]
+    patch_size: dict[str, int]
+    grid_shape: tuple[int, ...]
+    scale: dict[str, float]
+    translation: dict[str, float]
+    level: int = 0
+
+
+def _geometry_of(obj: Any) -> RegionGridGeometry:
+    if isinstance(obj, RegionGridGeometry):
+        return obj
+    sc = _as_sidecar(obj)
     src = sc.attrs["source"]
-    scale = {d: float(src.get("scale", {}).get(d, 1.0)) for d in sc.spatial_dims}
-    trans = {d: float(src.get("translation", {}).get(d, 0.0)) for d in sc.spatial_dims}
-    return scale, trans
+    return RegionGridGeometry(
+        tuple(sc.spatial_dims), {d: sc.shape[d] for d in sc.spatial_dims}, sc.patch_size,
+        sc.grid_shape,
+        {d: float(src.get("scale", {}).get(d, 1.0)) for d in sc.spatial_dims},
+        {d: float(src.get("translation", {}).get(d, 0.0)) for d in sc.spatial_dims}, sc.level)
+
+
+def level0_geometry(sidecar: Any, *, storage_options: Mapping[str, Any] | None = None
+                    ) -> RegionGridGeometry:
+    """The level-0 region grid matching a side-car computed on a coarser pyramid level.
+
+    The patch size is the side-car's multiplied by the level's downsampling factor per dim
+    (NGFF scales of the two levels; shape ratio without them); only metadata is read.
+    """
+    from patchsieve.volume import open_volume
+
+    g = _geometry_of(sidecar)
+    sc = _as_sidecar(sidecar, storage_options)
+    vol0 = open_volume(sc.source, level=0, storage_options=storage_options)
+    patch, shape, scale, trans = {}, {}, {}, {}
+    for d in g.dims:
+        shape[d] = int(vol0.sizes[d])
+        scale[d] = float(vol0.attrs.get("scale", {}).get(d, 1.0))
+        trans[d] = float(vol0.attrs.get("translation", {}).get(d, 0.0))
+        f = g.scale[d] / scale[d] if g.scale[d] != scale[d] or shape[d] == g.shape[d] \
+            else shape[d] / g.shape[d]
+        patch[d] = max(1, int(round(g.patch_size[d] * f)))
+    grid = tuple((shape[d] + 1) // patch[d] for d in g.dims)
+    return RegionGridGeometry(g.dims, shape, patch, grid, scale, trans, 0)
 
 
 def region_index_map(src: Any, dst: Any) -> list[NDArray[np.int64]]:
     """For each spatial dim, the ``src`` region whose centre is nearest to each ``dst`` region.
 
-    Region ``g`` covers pixels ``[g*p, g*p + 2p)``; its centre ``g*p + p - 0.5`` (pixel
-    coordinates) is carried to physical space with the level's NGFF ``scale`` and
-    ``translation`` and back into the other level's pixels. Patch sizes that match through the
-    scale factors (e.g. 64 at level 0, 32 at level 1) give a one-to-one map.
+    ``src`` and ``dst`` are side-cars (or :class:`RegionGridGeometry`). Region ``g`` covers
+    pixels ``[g*p, g*p + 2p)``; its centre ``g*p + p - 0.5`` (pixel coordinates) is carried to
+    physical space with the level's NGFF ``scale`` and ``translation`` and back into the other
+    level's pixels. Patch sizes that match through the scale factors (e.g. 64 at level 0, 32 at
+    level 1) give a one-to-one map.
 
     Returns
     -------
     list of numpy.ndarray of int64
         One index array per spatial dim, of length ``dst.grid_shape[i]``.
     """
-    a, b = _as_sidecar(src), _as_sidecar(dst)
-    if a.spatial_dims != b.spatial_dims:
-        raise ConfigError(f"side-cars have spatial dims {a.spatial_dims} and {b.spatial_dims}.")
-    (sa, ta), (sb, tb) = _sidecar_transform(a), _sidecar_transform(b)
+    a, b = _geometry_of(src), _geometry_of(dst)
+    if a.dims != b.dims:
+        raise ConfigError(f"side-cars have spatial dims {a.dims} and {b.dims}.")
     out = []
-    for i, d in enumerate(a.spatial_dims):
-        if sa[d] == sb[d] and a.shape[d] != b.shape[d]:  # no physical metadata: shape ratio
+    for i, d in enumerate(a.dims):
+        if a.scale[d] == b.scale[d] and a.shape[d] != b.shape[d]:  # no metadata: shape ratio
             sa_d, sb_d, ta_d, tb_d = b.shape[d] / a.shape[d], 1.0, 0.0, 0.0
         else:
-            sa_d, sb_d, ta_d, tb_d = sa[d], sb[d], ta[d], tb[d]
+            sa_d, sb_d = a.scale[d], b.scale[d]
+            ta_d, tb_d = a.translation[d], b.translation[d]
         pb, pa = b.patch_size[d], a.patch_size[d]
         centre = np.arange(b.grid_shape[i]) * pb + pb - 0.5
         u = (tb_d + sb_d * centre - ta_d) / sa_d
@@ -1085,16 +1131,41 @@ def decisions_at(src: Any, dst: Any, filter: str,  # noqa: A002
                  values: NDArray[Any] | None = None) -> NDArray[Any]:
     """``src``'s region decisions (or ``values``) resampled onto ``dst``'s region grid.
 
+    ``dst`` is a side-car or a :class:`RegionGridGeometry` (e.g. :func:`level0_geometry`).
     Returns an array of shape ``(n_samples, *dst.grid_shape)``; with ``src`` a level-k side-car
-    and ``dst`` a level-0 one, these are the level-k decisions mapped back to level 0.
+    and ``dst`` a level-0 grid, these are the level-k decisions mapped back to level 0.
     """
-    a, b = _as_sidecar(src), _as_sidecar(dst)
-    if a.sample_shape != b.sample_shape:
-        raise ConfigError(f"side-cars have sample shapes {a.sample_shape} and {b.sample_shape}; "
-                          "decisions can only be mapped between levels of one source.")
+    a = _as_sidecar(src)
+    if not isinstance(dst, RegionGridGeometry):
+        b = _as_sidecar(dst)
+        if a.sample_shape != b.sample_shape:
+            raise ConfigError(
+                f"side-cars have sample shapes {a.sample_shape} and {b.sample_shape}; "
+                "decisions can only be mapped between levels of one source.")
     arr = a.filter_out(_pick_filter(a, filter)) if values is None else np.asarray(values)
-    idx = np.ix_(np.arange(arr.shape[0]), *region_index_map(a, b))
+    idx = np.ix_(np.arange(arr.shape[0]), *region_index_map(a, dst))
     return arr[idx]
+
+
+def decisions_at_level0(sidecar: Any, filter: str | None = None, *,  # noqa: A002
+                        storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A coarse-level side-car's decisions and weights on the level-0 region grid.
+
+    Returns
+    -------
+    dict
+        ``filter_out`` (bool) and ``weight`` (float64), both ``(n_samples, *grid_shape)`` of the
+        level-0 grid, and that grid's ``patch_size`` and ``grid_shape``: what a sampler of
+        level-0 patches needs (e.g. ``StratifiedPatching(level-0 shape, patch_size, weight,
+        background=filter_out)``).
+    """
+    sc = _as_sidecar(sidecar, storage_options)
+    name = _pick_filter(sc, filter)
+    geo = level0_geometry(sc, storage_options=storage_options)
+    fo = decisions_at(sc, geo, name)
+    p = float(sc.config(name).filtered_patch_prob)
+    return {"filter_out": fo, "weight": np.where(fo, p, 1.0), "patch_size": geo.patch_size,
+            "grid_shape": geo.grid_shape, "shape": geo.shape}
 
 
 def level_agreement(a: Any, b: Any, filters: Sequence[str] | None = None) -> dict[str, Any]:

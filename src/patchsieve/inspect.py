@@ -934,7 +934,14 @@ def preview_patches(
             "realized_background_fraction": float(bg_arr.mean()),
             "expected_background_fraction": float(ds.sampler.expected_background_fraction()),
             "epoch_length": int(ds.sampler.epoch_length), "display_range": rng,
-            "source": sc.source}
+            "source": sc.source, "n_channels": n_ch, "ndim": len(sc.spatial_dims)}
+
+
+def _preview_view(preview: Mapping[str, Any]) -> str:
+    parts = [f"channel {preview['channel']}"] if preview.get("n_channels", 1) > 1 else []
+    if preview.get("ndim", 2) == 3:
+        parts.append("middle z of each patch")
+    return "".join(f", {p}" for p in parts)
 
 
 def plot_preview(preview: Mapping[str, Any], out: str | os.PathLike[str] | None = None, *,
@@ -947,8 +954,8 @@ def plot_preview(preview: Mapping[str, Any], out: str | os.PathLike[str] | None 
     n = len(pats)
     ncols = math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(1.3 * ncols + 0.4, 1.3 * nrows + 1.3),
-                            squeeze=False)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(max(1.3 * ncols + 0.4, 7.0),
+                                                   1.3 * nrows + 1.3), squeeze=False)
     lo, hi = preview["display_range"]
     for i, ax in enumerate(axs.ravel()):
         ax.set_xticks([])
@@ -965,7 +972,8 @@ def plot_preview(preview: Mapping[str, Any], out: str | os.PathLike[str] | None 
         preview["epoch"] else f"s {preview['epoch']}-{preview['last_epoch']}"
     fig.suptitle(
         f"First {n} patches of epoch{ep} ({preview['mode']}, seed {preview['seed']}, "
-        f"filter {preview['filter']})\n{k} background = {k / max(n, 1):.1%} realized; "
+        f"filter {preview['filter']}{_preview_view(preview)})\n"
+        f"{k} background = {k / max(n, 1):.1%} realized; "
         f"{preview['expected_background_fraction']:.1%} expected "
         f"({preview['epoch_length']} patches per epoch)",
         fontsize=10)

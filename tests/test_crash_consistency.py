@@ -198,3 +198,102 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path, capsys: Any) -> No
         print(f"\ncrash consistency: {runs} runs, {kills} SIGKILLs, 0 mismatches\n  "
               + "\n  ".join(log))
     assert kills >= 3, log  # the schedule must really interrupt runs
+
+
+# ----------------------------------------------------------------------------- storage faults
+def failing_store(limit: list[int]) -> str:
+    """Register ``flaky://``: a memory filesystem whose writes fail with ENOSPC once ``limit[0]``
+    writes have succeeded (``limit[0] < 0``: never). Returns a fresh side-car URL on it."""
+    import errno
+    import uuid
+
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    def count(path: str) -> None:
+        if limit[0] == 0:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        limit[0] -= 1
+
+    class Flaky(MemoryFileSystem):
+        protocol = "flaky"
+
+        def pipe_file(self, path: str, value: Any, **kw: Any) -> None:
+            count(path)
+            return super().pipe_file(path, value, **kw)
+
+        def _open(self, path: str, mode: str = "rb", **kw: Any) -> Any:
+            if "r" not in mode:
+                count(path)
+            return super()._open(path, mode=mode, **kw)
+
+    fsspec.register_implementation("flaky", Flaky, clobber=True)
+    return f"flaky://{uuid.uuid4().hex[:8]}/out.patchsieve.zarr"
+
+
+def reader_state(url: str) -> str:
+    """Readers refuse a side-car cut short by a storage fault."""
+    from patchsieve import PatchDataset, open_sidecar
+    from patchsieve.errors import SidecarError, SidecarIncompleteError
+
+    try:
+        open_sidecar(url)
+    except SidecarIncompleteError:
+        with pytest.raises(SidecarIncompleteError):
+            PatchDataset(sidecar=url)
+        return "refused (incomplete)"
+    except SidecarError:
+        return "refused (no side-car yet)"
+    raise AssertionError(f"a side-car cut short by ENOSPC was accepted: {url}")
+
+
+def test_disk_full_at_every_stage_then_resume(tmp_path: Path, capsys: Any) -> None:
+    """ENOSPC after N writes, for N spread over a whole run: never complete, then resumable."""
+    from distributed import Client, LocalCluster
+
+    from patchsieve import compute
+
+    rng = np.random.default_rng(9)
+    data = rng.poisson(20, size=(4, 96, 96)).astype(np.uint16)
+    data[:, 20:70, 30:80] += 300
+    src = str(tmp_path / "small.zarr")
+    arr = zarr.create_array(src, shape=data.shape, chunks=(1, 32, 32), dtype=data.dtype,
+                            dimension_names=("s", "y", "x"))
+    arr[...] = data
+    from patchsieve.config import ShannonPatchFilterConfig
+
+    cfg = ShannonPatchFilterConfig(threshold=4.5)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0") as cl, Client(cl, set_as_default=False) as client:
+        clean = compute(src, cfg, PATCH, tmp_path / "clean.patchsieve.zarr", client=client)
+        budget = [-1]
+        counter = failing_store(budget)
+        budget[0] = 10**9
+        compute(src, cfg, PATCH, counter, client=client)
+        total = 10**9 - budget[0]  # writes of one complete run
+        faults, log = 0, []
+        # the number of writes varies a little between runs (markers flush by time and count)
+        for n in sorted({int(v) for v in np.linspace(0, 0.9 * total, 6)}):
+            budget[0] = n
+            url = failing_store(budget)
+            try:
+                compute(src, cfg, PATCH, url, client=client)
+                state = "no fault (fewer writes this time)"
+            except OSError as err:  # StorageError is an OSError too
+                assert "No space left on device" in str(err)
+                faults += 1
+                state = reader_state(url)
+            budget[0] = -1  # space again: the rerun resumes
+            done = compute(src, cfg, PATCH, url, client=client)
+            assert done.is_complete
+            for name in clean.stats:
+                np.testing.assert_array_equal(done.stats[name], clean.stats[name], err_msg=name)
+            np.testing.assert_array_equal(done.weights("shannon"), clean.weights("shannon"))
+            a = {k: v for k, v in done.attrs.items() if k not in TIMESTAMPS}
+            b = {k: v for k, v in clean.attrs.items() if k not in TIMESTAMPS}
+            assert a == b
+            log.append(f"ENOSPC after {n}/{total} writes: {state}, resumed, identical")
+    assert faults >= 4, log
+    with capsys.disabled():
+        print(f"\ndisk full: {faults} injected faults, {len(log)} resumed runs, 0 mismatches\n  "
+              + "\n  ".join(log))

@@ -705,6 +705,77 @@ def _(ctx: Ctx) -> None:
     open_sidecar(out)
 
 
+def _edit_attrs(path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    g = zarr.open_group(str(path), mode="r+")
+    meta = g.attrs["patchsieve"]
+    edit(meta)
+    g.attrs["patchsieve"] = meta
+    return path
+
+
+def _first_chunk(path: Path) -> Path:
+    return next(f for f in sorted(path.rglob("*")) if f.is_file() and f.name != "zarr.json")
+
+
+@case("sidecar-corrupt-chunk")
+def _(ctx: Ctx) -> None:
+    from patchsieve import open_sidecar
+
+    out = ctx.sidecar_copy()
+    _first_chunk(out / "stats" / "entropy").write_bytes(b"garbage")
+    open_sidecar(out).stats["entropy"].sum()
+
+
+@case("sidecar-corrupt-metadata")
+def _(ctx: Ctx) -> None:
+    from patchsieve import open_sidecar
+
+    out = ctx.sidecar_copy()
+    (out / "zarr.json").write_text("{not json")
+    open_sidecar(out)
+
+
+@case("sidecar-missing-array")
+def _(ctx: Ctx) -> None:
+    from patchsieve import open_sidecar
+
+    out = ctx.sidecar_copy()
+    shutil.rmtree(out / "decisions" / "shannon" / "weight")
+    open_sidecar(out).weights("shannon")
+
+
+@case("sidecar-attrs-missing-key")
+def _(ctx: Ctx) -> None:
+    from patchsieve import open_sidecar
+
+    out = _edit_attrs(ctx.sidecar_copy(), lambda m: m.pop("geometry"))
+    assert open_sidecar(out).grid_shape
+
+
+@case("sidecar-format-version-not-int")
+def _(ctx: Ctx) -> None:
+    from patchsieve import open_sidecar
+
+    open_sidecar(_edit_attrs(ctx.sidecar_copy(), lambda m: m.update(format_version="one")))
+
+
+@case("sidecar-stored-config-invalid")
+def _(ctx: Ctx) -> None:
+    from patchsieve import open_sidecar
+
+    def edit(m: dict[str, Any]) -> None:
+        m["filters"]["shannon"]["threshold"] = "high"
+
+    open_sidecar(_edit_attrs(ctx.sidecar_copy(), edit)).config("shannon")
+
+
+@case("sidecar-nan-weights")
+def _(ctx: Ctx) -> None:
+    out = ctx.sidecar_copy()
+    zarr.open_group(str(out), mode="r+")["decisions/shannon/weight"][...] = np.nan
+    _dataset(ctx, sidecar=out)
+
+
 @case("sidecar-not-a-sidecar")
 def _(ctx: Ctx) -> None:
     from patchsieve import open_sidecar

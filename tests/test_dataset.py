@@ -404,3 +404,14 @@ def test_nonzero_rank_waits_for_rank_zero_sidecar(tmp_path, client):
     t.join()
     assert ds1.sidecar_path == made["ds"].sidecar_path
     assert len(ds1) == len(made["ds"]) == ds1.sampler.epoch_length // 2
+
+
+@pytest.mark.parametrize("mode", ["with_replacement", "fixed_subset"])
+def test_other_sampling_modes(syx, mode):
+    src, data, sc = syx
+    kw = {"epoch_length": 50} if mode == "with_replacement" else {}
+    ds = PatchDataset(src, sidecar=sc, mode=mode, return_metadata=True, **kw)
+    got = list(ds)
+    assert len(got) == len(ds) == (50 if mode == "with_replacement" else ds.sampler.epoch_length)
+    for x, meta in got[:10]:
+        np.testing.assert_array_equal(x.numpy(), _expected_2d(data, meta))

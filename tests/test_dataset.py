@@ -15,6 +15,9 @@ from patchsieve.errors import ConfigError, SidecarIncompleteError, SidecarMismat
 from patchsieve.sampling import shard_positions
 from patchsieve.transforms import RandomFlipRotate
 
+# the side-cars are computed with an in-process LocalCluster
+pytestmark = pytest.mark.cluster
+
 CFG = MaxPatchFilterConfig(threshold=200.0, coverage=0.25)
 
 

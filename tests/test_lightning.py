@@ -12,6 +12,8 @@ from patchsieve.config import MaxPatchFilterConfig  # noqa: E402
 from patchsieve.demo import write_ome_zarr  # noqa: E402
 from patchsieve.lightning import PatchDataModule  # noqa: E402
 
+pytestmark = pytest.mark.cluster  # the side-car is computed with an in-process LocalCluster
+
 
 class _TinyModel(pl.LightningModule):
     def __init__(self) -> None:

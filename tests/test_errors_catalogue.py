@@ -804,28 +804,35 @@ def _(ctx: Ctx) -> None:
 
 @case("sidecar-lock-race")
 def _(ctx: Ctx) -> None:
+    import threading
+
+    from patchsieve.errors import SidecarLockedError
     from patchsieve.sidecar import SidecarLock, open_store
 
     out = ctx.tmp / "race.patchsieve.zarr"
     out.mkdir()
-    store = open_store(str(out), read_only=False)
-    first, second = SidecarLock(store), SidecarLock(store)
-    seen = {"n": 0}
+    locks = [SidecarLock(open_store(str(out), read_only=False)) for _ in range(8)]
+    start = threading.Barrier(len(locks))
+    won: list[SidecarLock] = []
+    refused: list[SidecarLockedError] = []
 
-    def second_read() -> Any:
-        # `second` checked for a lock and saw none; `first` then acquires completely before
-        # `second` writes its own (the check-then-act window of a non-atomic lock)
-        seen["n"] += 1
-        if seen["n"] == 1:
-            first.acquire()
-            return None
-        return SidecarLock._read(second)
+    def take(lock: SidecarLock) -> None:
+        start.wait()
+        try:
+            lock.acquire()
+            won.append(lock)
+        except SidecarLockedError as err:
+            refused.append(err)
 
-    second._read = second_read  # type: ignore[method-assign]
-    try:
-        second.acquire()
-    finally:
-        first.release()
+    threads = [threading.Thread(target=take, args=(lk,)) for lk in locks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for lk in won:
+        lk.release()
+    assert len(won) == 1, f"{len(won)} writers hold the lock at once"
+    raise refused[0]
 
 
 @case("sidecar-unknown-filter")

@@ -20,6 +20,7 @@ How it stays out-of-core and resumable
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -35,6 +36,7 @@ from patchsieve import sidecar as _sc
 from patchsieve._version import __version__
 from patchsieve.errors import (
     ConfigError,
+    PatchsieveError,
     SidecarIncompleteError,
     SidecarMismatchError,
     StorageError,
@@ -542,15 +544,19 @@ def compute(
     # connect first: an unreachable scheduler leaves no trace in the output
     with get_client(scheduler, client, **opts) as cl:  # type: ignore[arg-type]
         lock = _sc.SidecarLock(writer.store)
-        lock.acquire()
+        with _writing(output):
+            lock.acquire()
         try:
-            meta = _prepare(writer, volume, geom, configs, stats, src_fp, params_fp, border, seed,
-                            overwrite)
+            with _writing(output):
+                meta = _prepare(writer, volume, geom, configs, stats, src_fp, params_fp, border,
+                                seed, overwrite)
             _fill(writer, cl, volume, geom, configs, meta, border, seed, storage_options,
                   progress, lock)
-            _finalize(writer, volume, geom, configs, labels)
+            with _writing(output):
+                _finalize(writer, volume, geom, configs, labels)
         finally:
-            lock.release()
+            with contextlib.suppress(OSError):
+                lock.release()
     return _sc.open_sidecar(output, storage_options=out_opts)
 
 
@@ -567,16 +573,19 @@ def _prepare(writer: _Writer, volume: Any, geom: Mapping[str, Any], configs: Map
              overwrite: bool) -> dict[str, Any]:
     """Create the side-car or validate an existing one; return its metadata."""
     existing: dict[str, Any] = {}
+    foreign = _sc.foreign_keys(writer.store)
     try:
         writer.open("r+")
         existing = writer.meta()
     except (FileNotFoundError, KeyError, ValueError):
         existing = {}
-    if existing and existing.get("format") != _sc.FORMAT_NAME:
+    if existing.get("format") != _sc.FORMAT_NAME and foreign:
+        # something that is not (yet) a side-car lives there: never delete it silently
         if not overwrite:
             raise SidecarMismatchError(
-                f"output {writer.path!r} exists and is not a patchsieve side-car. Fix: choose "
-                "another output, or pass overwrite=True / --overwrite to replace it."
+                f"output {writer.path!r} exists and is not a patchsieve side-car (it holds "
+                f"{sorted(foreign)[:3]}...). Fix: choose another output, or pass overwrite=True / "
+                "--overwrite to replace it."
             )
         existing = {}
     if existing:
@@ -596,7 +605,8 @@ def _prepare(writer: _Writer, volume: Any, geom: Mapping[str, Any], configs: Map
                 )
             existing = {}
     if not existing:
-        writer.open("w")
+        _sc.clear_store(writer.store)  # keeps our lock
+        writer.open("a")
         existing = {
             "format": _sc.FORMAT_NAME,
             "format_version": _sc.FORMAT_VERSION,
@@ -656,17 +666,27 @@ def _fill(writer: _Writer, client: Any, volume: Any, geom: Mapping[str, Any],
         return
     plan = _Plan(volume, geom, todo_stats or stats[:1], configs, border, seed, storage_options)
     jobs: list[_Job] = []
-    if todo_stats:
-        jobs.append(_stats_job(writer, plan, geom, todo_stats, lock))
-    if need_cells:
-        jobs.append(_cells_job(writer, plan, geom, lock))
+    with _writing(writer.path):
+        if todo_stats:
+            jobs.append(_stats_job(writer, plan, geom, todo_stats, lock))
+        if need_cells:
+            jobs.append(_cells_job(writer, plan, geom, lock))
     samples: list[np.ndarray] = []
     if need_pct and plan.pct_blocks:
         jobs.append(_Job("percentile sample", _stack_object_blocks(plan.pct_blocks),
                          [(i,) for i in range(len(plan.pct_blocks))],
                          lambda idx, v: samples.append(v), lambda: None))
     with _progress_bar(progress) as p:
-        _run_jobs(client, jobs, p)
+        _run_jobs(client, jobs, p, writer.path)
+    with _writing(writer.path):
+        _record_fill(writer, meta, status, todo_stats, need_cells, need_pct, samples, plan, geom,
+                     seed)
+
+
+def _record_fill(writer: _Writer, meta: dict[str, Any], status: dict[str, str],
+                 todo_stats: list[str], need_cells: bool, need_pct: bool,
+                 samples: list[np.ndarray], plan: _Plan, geom: Mapping[str, Any],
+                 seed: int) -> None:
     if todo_stats:
         for s in todo_stats:
             status[f"stats/{s}"] = "complete"
@@ -682,6 +702,21 @@ def _fill(writer: _Writer, client: Any, volume: Any, geom: Mapping[str, Any],
         status["percentiles"] = "complete"
     meta["status"] = status
     writer.set_meta(meta)
+
+
+@contextlib.contextmanager
+def _writing(output: str) -> Any:
+    """Turn a storage failure while writing the side-car into one clear StorageError."""
+    try:
+        yield
+    except PatchsieveError:
+        raise
+    except OSError as err:
+        raise StorageError(
+            f"writing the side-car {output!r} failed ({type(err).__name__}: "
+            f"{_sc._safe_msg(err)}); it is left incomplete and readers refuse it. Fix: free "
+            "space / check permissions of the output, then rerun the same command (it resumes)."
+        ) from err
 
 
 @dataclass
@@ -719,7 +754,7 @@ def _stats_job(writer: _Writer, plan: _Plan, geom: Mapping[str, Any], todo_stats
                 lambda: _flush_markers(marker, done, pending, lock))
 
 
-def _run_jobs(client: Any, jobs: list[_Job], progress: Any) -> None:
+def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None:
     """Submit the culled union graph of all jobs' missing blocks; hand results back by job."""
     from distributed import as_completed
 
@@ -742,12 +777,14 @@ def _run_jobs(client: Any, jobs: list[_Job], progress: Any) -> None:
         for fut in as_completed(futures):
             result = fut.result()
             job, idx = owner[fut.key]
-            job.on_result(idx, result.flat[0])
+            with _writing(output):
+                job.on_result(idx, result.flat[0])
             fut.release()
             if progress is not None:
                 progress.advance(tasks[job.label])
-    for job in jobs:
-        job.finish()
+    with _writing(output):
+        for job in jobs:
+            job.finish()
 
 
 def _stack_object_blocks(blocks: list[Any]) -> Any:

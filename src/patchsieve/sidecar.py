@@ -136,40 +136,39 @@ class SidecarLock:
         return time.time() - float(info.get("heartbeat", 0.0)) > LOCK_STALE_AFTER
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`SidecarLockedError`."""
+        """Take the lock atomically (create-if-absent) or raise :class:`SidecarLockedError`."""
         import secrets
 
-        info = self._read()
-        if info is not None and info.get("token") != self.token and not self._is_stale(info):
-            raise SidecarLockedError(
-                f"output side-car is locked by another running compute (host {info.get('host')!r}, "
-                f"pid {info.get('pid')}, since {info.get('started')}). Fix: wait for it to finish, "
-                f"or remove {LOCK_NAME!r} from the side-car if that process is gone."
-            )
-        if info is not None:
+        self.token = secrets.token_hex(8)
+        for _ in range(3):
+            if _sync_set_if_absent(self.store, LOCK_NAME, self._payload(_now())):
+                return
+            info = self._read()
+            if info is None:  # released in between: try again
+                continue
+            if not self._is_stale(info):
+                raise SidecarLockedError(
+                    f"output side-car is locked by another running compute (host "
+                    f"{info.get('host')!r}, pid {info.get('pid')}, since {info.get('started')}). "
+                    f"Fix: wait for it to finish, or remove {LOCK_NAME!r} from the side-car if "
+                    "that process is gone."
+                )
             logger.warning("taking over a stale side-car lock held by pid %s on %s",
                            info.get("pid"), info.get("host"))
-        self.token = secrets.token_hex(8)
-        self._write(started=_now())
-        check = self._read()
-        if check is None or check.get("token") != self.token:  # lost a race with another writer
-            raise SidecarLockedError(
-                "output side-car lock was taken by another compute at the same moment. "
-                "Fix: run one compute per output."
-            )
+            _sync_delete(self.store, LOCK_NAME)
+        raise SidecarLockedError(
+            "output side-car lock is contended by other computes. Fix: run one compute per output."
+        )
 
-    def _write(self, started: str | None = None) -> None:
+    def _payload(self, started: str) -> bytes:
         import time
 
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                           "started": started, "heartbeat": time.time()}).encode()
+
+    def _write(self, started: str | None = None) -> None:
         prev = self._read() or {}
-        info = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "token": self.token,
-            "started": started or prev.get("started", _now()),
-            "heartbeat": time.time(),
-        }
-        _sync_set(self.store, LOCK_NAME, json.dumps(info).encode())
+        _sync_set(self.store, LOCK_NAME, self._payload(started or prev.get("started", _now())))
 
     def heartbeat(self) -> None:
         """Refresh the heartbeat (cheap; called as blocks complete)."""
@@ -197,6 +196,45 @@ def _sync_set(store: Any, key: str, value: bytes) -> None:
     sync(store.set(key, default_buffer_prototype().buffer.from_bytes(value)))
 
 
+def _sync_set_if_absent(store: Any, key: str, value: bytes) -> bool:
+    """Create ``key`` only if absent (atomic where the store supports it); True if created."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    buf = default_buffer_prototype().buffer.from_bytes(value)
+    try:
+        sync(store.set_if_not_exists(key, buf))
+    except (NotImplementedError, AttributeError):  # a store without conditional writes
+        if _sync_get(store, key) is not None:
+            return False
+        _sync_set(store, key, value)
+    got = _sync_get(store, key)
+    return got == value
+
+
+def _list_keys(store: Any) -> list[str]:
+    from zarr.core.sync import sync
+
+    async def collect() -> list[str]:
+        return [k async for k in store.list()]
+
+    try:
+        return sync(collect())
+    except FileNotFoundError:
+        return []
+
+
+def foreign_keys(store: Any) -> list[str]:
+    """Keys in ``store`` other than our lock and write probe (an empty list for a new output)."""
+    return [k for k in _list_keys(store) if k not in (LOCK_NAME, ".patchsieve-write-probe")]
+
+
+def clear_store(store: Any) -> None:
+    """Delete every key of a side-car store except the lock (used to (re)create a side-car)."""
+    for key in foreign_keys(store):
+        _sync_delete(store, key)
+
+
 def _sync_delete(store: Any, key: str) -> None:
     from zarr.core.sync import sync
 
@@ -220,12 +258,19 @@ class Sidecar:
                 f"{self.path!r} is not a patchsieve side-car (no attrs['patchsieve'] with format "
                 f"{FORMAT_NAME!r}). Fix: pass the path of a side-car written by patchsieve.compute."
             )
-        version = int(meta.get("format_version", -1))
+        version = meta.get("format_version")
         if version != FORMAT_VERSION:
             raise SidecarMismatchError(
                 f"side-car {self.path!r} has format_version {version}; this patchsieve "
                 f"({__version__}) reads version {FORMAT_VERSION}. Fix: recompute it with "
                 f"`patchsieve compute ... --overwrite`."
+            )
+        missing = [k for k in ("source", "geometry", "fingerprint", "filters", "status")
+                   if not isinstance(meta.get(k), Mapping)]
+        if missing:
+            raise SidecarError(
+                f"side-car {self.path!r} is damaged: attrs['patchsieve'] lacks {missing}. Fix: "
+                "recompute it with `patchsieve compute ... --overwrite`."
             )
         self.attrs: dict[str, Any] = dict(meta)
         self._cache: dict[str, np.ndarray] = {}
@@ -307,12 +352,16 @@ class Sidecar:
 
     def config(self, name: str) -> Any:
         """The filter config (pydantic model) stored under ``name``."""
-        from pydantic import TypeAdapter
-
-        from patchsieve.config import PatchFilterConfig
+        from patchsieve.config import parse_filter_config
 
         self._check_filter(name)
-        return TypeAdapter(PatchFilterConfig).validate_python(self.attrs["filters"][name])
+        try:
+            return parse_filter_config(self.attrs["filters"][name])
+        except ConfigError as err:
+            raise SidecarError(
+                f"side-car {self.path!r}: the stored config of filter {name!r} is invalid ({err}). "
+                "Fix: recompute it with `patchsieve compute ... --overwrite`."
+            ) from err
 
     def _check_filter(self, name: str) -> None:
         if name not in self.attrs.get("filters", {}):
@@ -330,7 +379,14 @@ class Sidecar:
                     f"side-car {self.path!r} lacks array {key!r}. Fix: rerun `patchsieve compute` "
                     "on the same output to complete it."
                 ) from err
-            self._cache[key] = np.asarray(arr[...])
+            try:
+                self._cache[key] = np.asarray(arr[...])
+            except Exception as err:  # noqa: BLE001 - codec / storage errors of a damaged side-car
+                raise SidecarError(
+                    f"side-car {self.path!r}: array {key!r} cannot be read ({type(err).__name__}: "
+                    f"{_safe_msg(err)}). Fix: recompute it with `patchsieve compute ... "
+                    "--overwrite`."
+                ) from err
         return self._cache[key]
 
     def _per_sample(self, key: str) -> np.ndarray:

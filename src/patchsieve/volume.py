@@ -236,24 +236,39 @@ def _store_from(source: str, storage_options: Mapping[str, Any] | None) -> Store
         ) from err
 
 
+def _is_connection_error(err: BaseException) -> bool:
+    """True for the connection failures of fsspec backends (botocore, aiohttp) and the OS."""
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    names = {c.__name__ for c in type(err).__mro__}
+    return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+                         "ClientConnectionError", "ServerTimeoutError", "ConnectionClosedError"})
+
+
 def _open_zarr_node(store: Store | str, path: str, label: str) -> zarr.Array | zarr.Group:
     """Open the zarr node at ``path`` read-only, mapping 'not found' to VolumeNotFoundError."""
+    where = f"{label}/{path}" if path else label
     try:
         return zarr.open(store, mode="r", path=path)
     except FileNotFoundError as err:  # zarr's NodeNotFoundError, fsspec/s3fs missing keys
-        where = f"{label}/{path}" if path else label
         raise VolumeNotFoundError(
             f"source={where!r} holds no Zarr array or group (no zarr.json/.zarray/.zgroup). "
             f"Fix: check the path or URL and storage_options."
         ) from err
-    except (PermissionError, OSError) as err:  # denied / wrong credentials / unreachable
-        where = f"{label}/{path}" if path else label
-        raise StorageError(
-            f"reading the metadata object {where.rstrip('/')}/zarr.json (or .zgroup/.zarray) "
-            f"failed: {type(err).__name__} (access denied, wrong credentials or unreachable "
-            "endpoint). Fix: check the credentials in storage_options / the environment, the "
-            "endpoint_url and the bucket policy."
-        ) from None
+    except Exception as err:  # noqa: BLE001 - backend errors are mapped or re-raised
+        if _is_connection_error(err):
+            raise VolumeNotFoundError(
+                f"source={where!r} is not reachable ({type(err).__name__}). Fix: check the URL, "
+                "endpoint_url and network."
+            ) from None
+        if isinstance(err, OSError):  # denied / wrong credentials
+            raise StorageError(
+                f"reading the metadata object {where.rstrip('/')}/zarr.json (or .zgroup/.zarray) "
+                f"failed: {type(err).__name__} (access denied or wrong credentials). Fix: check "
+                "the credentials in storage_options / the environment, the endpoint_url and the "
+                "bucket policy."
+            ) from None
+        raise
 
 
 def open_zarr_array(
@@ -377,6 +392,11 @@ def _compose(transform_lists: Sequence[object], ndim: int, label: str) -> tuple[
                     f"{label}: broken multiscales metadata: {kind} {values} has {len(values)} "
                     f"entries for {ndim} axes."
                 )
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise VolumeError(
+                    f"{label}: broken multiscales metadata: {kind} {values!r} must hold numbers. "
+                    "Fix: repair the NGFF coordinateTransformations."
+                )
             vec = np.asarray(values, dtype=float)
             if kind == "scale":
                 scale, translation = scale * vec, translation * vec
@@ -417,6 +437,12 @@ def _parse_multiscales(group: zarr.Group, label: str) -> _Multiscale | None:
     channels = None
     omero = image_attrs.get("omero")
     if isinstance(omero, Mapping) and isinstance(omero.get("channels"), list):
+        if not all(isinstance(ch, Mapping) for ch in omero["channels"]):
+            raise VolumeError(
+                f"{label}: broken omero metadata: omero.channels must be a list of objects like "
+                f"{{'label': 'DAPI'}}; got {omero['channels'][:3]!r}. Fix: repair the NGFF omero "
+                "block (or remove it; it is optional)."
+            )
         channels = tuple(str(ch.get("label", i)) for i, ch in enumerate(omero["channels"]))
     return _Multiscale(version, dims, units, tuple(levels), channels)
 
@@ -463,8 +489,17 @@ class _TiffArray:
                 f"source={strip_credentials(self.source)!r} is not a readable TIFF ({err}). "
                 f"Fix: check the file or convert it to OME-Zarr."
             ) from err
-        store = tif.aszarr(series=0, level=0, read_only=True)
-        arr = zarr.open_array(store, mode="r")
+        try:
+            if not tif.series or 0 in tif.series[0].shape:
+                raise ValueError("no image series")
+            store = tif.aszarr(series=0, level=0, read_only=True)
+            arr = zarr.open_array(store, mode="r")
+        except (NotImplementedError, KeyError, IndexError, ValueError) as err:
+            tif.close()
+            raise VolumeError(
+                f"source={strip_credentials(self.source)!r} is not a readable TIFF "
+                f"({type(err).__name__}: {err}). Fix: check the file or convert it to OME-Zarr."
+            ) from err
         self._arr, self._pid, self._handles = arr, os.getpid(), (tif, fileobj, store)
         return arr, tif
 
@@ -512,10 +547,58 @@ class _Image:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _dask_from_zarr(arr: zarr.Array) -> da.Array:
+class _ChunkReader:
+    """Read blocks of a zarr array for dask, naming the chunk key when one cannot be read.
+
+    A truncated or corrupt compressed chunk raises :class:`DataError` and an unreadable object
+    :class:`StorageError`, each with the store key (e.g. ``s0/c/3/0/1``) and the fix, instead
+    of a codec's bare ``RuntimeError``. Missing chunks read as the array's fill value (zarr's
+    policy, documented in docs/errors.md).
+    """
+
+    def __init__(self, arr: zarr.Array, label: str, block: tuple[int, ...]) -> None:
+        self.arr, self.label, self.block = arr, label, block
+        self.shape, self.dtype, self.ndim = tuple(arr.shape), arr.dtype, arr.ndim
+
+    def _key(self, key: Any) -> str:
+        coords = []
+        for sl, c in zip(key, self.block):
+            start = sl.start if isinstance(sl, slice) else int(sl)
+            coords.append(int(start or 0) // c)
+        try:
+            inner = self.arr.metadata.encode_chunk_key(tuple(coords))
+        except Exception:  # noqa: BLE001 - the key is only for the message
+            inner = "/".join(map(str, coords))
+        return f"{self.arr.path}/{inner}" if self.arr.path else inner
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self.arr[key]
+        except (DataError, StorageError, VolumeError):
+            raise
+        except OSError as err:
+            raise StorageError(
+                f"{self.label}: chunk {self._key(key)!r} cannot be read ({type(err).__name__}). "
+                "Fix: check the storage (permissions, network) and rerun."
+            ) from None
+        except Exception as err:  # noqa: BLE001 - codec errors: zstd/blosc RuntimeError etc.
+            raise DataError(
+                f"{self.label}: chunk {self._key(key)!r} cannot be decoded ({type(err).__name__}: "
+                f"{str(err)[:120]}); it is truncated or corrupt. Fix: restore it from a backup "
+                "or rewrite the array."
+            ) from err
+
+
+def _dask_from_zarr(arr: zarr.Array, label: str = "<zarr>") -> da.Array:
     """Dask array with one block per storage chunk (per shard when sharded)."""
+    from dask.base import tokenize
+
     shards = getattr(arr, "shards", None)
-    return da.from_zarr(arr, chunks=shards or arr.chunks)
+    block = tuple(shards or arr.chunks)
+    name = "zarr-" + tokenize(str(arr.store), arr.path, arr.shape, str(arr.dtype), block)
+    return da.from_array(_ChunkReader(arr, label, block), chunks=block, name=name, lock=False,
+                         asarray=False, fancy=False,
+                         meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))
 
 
 def _zarr_format(arr: zarr.Array | zarr.Group) -> int:
@@ -553,7 +636,7 @@ def _plain_array_image(
 ) -> _Image:
     _require_level0(level, label)
     return _Image(
-        data=_dask_from_zarr(arr),
+        data=_dask_from_zarr(arr, label),
         dims=_array_dims(arr, axes, label),
         source=label,
         fmt=f"zarr-v{_zarr_format(arr)}",
@@ -603,7 +686,7 @@ def _ome_image(
     units = {new: ms.units[old] for old, new in zip(ms.dims, dims, strict=True) if old in ms.units}
     extra = {"channel_names": list(ms.channel_names)} if ms.channel_names else {}
     return _Image(
-        data=_dask_from_zarr(arr),
+        data=_dask_from_zarr(arr, label),
         dims=dims,
         source=label,
         fmt=f"ome-zarr-{ms.version}",

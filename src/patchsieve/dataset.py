@@ -123,9 +123,7 @@ class _ChunkReader:
         if self._numpy is not None:
             return self._numpy
         if self._arr is None or self._pid != os.getpid():
-            from patchsieve.volume import open_zarr_array
-
-            self._arr = open_zarr_array(self.url, self.array_path, storage_options=self.storage_options)
+            self._arr = _open_array(self.url, self.array_path, self.storage_options)
             self._pid = os.getpid()
             self._cache.clear()
             self._cached = 0
@@ -189,11 +187,29 @@ class _ChunkReader:
 
 
 # --------------------------------------------------------------------------- helpers
-def _same_location(a: str, b: str) -> bool:
-    from patchsieve.volume import strip_credentials
+def _open_array(url: str | None, path: str, storage_options: Mapping[str, Any]) -> Any:
+    """Open a zarr array read-only with zarr/fsspec only (light: workers skip dask/xarray)."""
+    import zarr
 
+    text = str(url)
+    remote = "://" in text and not text.startswith("file://")
+    try:
+        arr = zarr.open_array(
+            text, path=path or None, mode="r", storage_options=dict(storage_options) if remote else None
+        )
+    except FileNotFoundError as err:
+        from patchsieve.errors import VolumeNotFoundError
+
+        raise VolumeNotFoundError(
+            f"source={text!r} path={path!r} holds no Zarr array. Fix: check the path or URL "
+            "and storage_options."
+        ) from err
+    return arr
+
+
+def _same_location(a: str, b: str) -> bool:
     def norm(x: str) -> str:
-        x = strip_credentials(str(x)).rstrip("/")
+        x = str(x).rstrip("/")
         if x.startswith("file://"):
             x = x[len("file://") :]
         return x if "://" in x else os.path.realpath(x)

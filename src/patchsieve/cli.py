@@ -43,7 +43,8 @@ def _main(
     """patchsieve: score regions, persist a side-car, stream weighted patches."""
     level = logging.WARNING if quiet else (logging.INFO if verbose == 1 else
                                            logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+                        force=True)
     import distributed  # noqa: F401 - configures its loggers on import; override them after
 
     for noisy in ("distributed", "werkzeug", "botocore", "aiobotocore", "s3fs", "fsspec"):
@@ -128,7 +129,8 @@ def compute(
     mask: Optional[str] = typer.Option(None, help="Mask Zarr/TIFF for --filter mask."),  # noqa: UP007
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Side-car location."),  # noqa: UP007
     axes: Optional[str] = typer.Option(None, help="Axes for plain Zarr/TIFF, e.g. SYX."),  # noqa: UP007
-    level: int = typer.Option(0, help="OME-Zarr pyramid level to filter on."),
+    level: int = typer.Option(0, help="OME-Zarr pyramid level to filter on; --patch stays in "
+                              "level-0 pixels and is scaled by the level's factors."),
     scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address tcp://HOST:PORT."),  # noqa: UP007
     n_workers: Optional[int] = typer.Option(None, help="Local cluster: worker processes."),  # noqa: UP007
     threads_per_worker: Optional[int] = typer.Option(None, help="Local cluster: threads each."),  # noqa: UP007
@@ -153,9 +155,15 @@ def compute(
                                       filtered_patch_prob=filtered_patch_prob, mask=mask)
             name = cfg.name if cfg.name not in configs else f"{cfg.name}-{i}"
             configs[name] = cfg
-        sc = run_compute(source, configs, _parse_patch(patch), output, scheduler=scheduler,
-                         overwrite=overwrite, storage_options=_storage_options(storage_options,
-                                                                               endpoint_url),
+        so = _storage_options(storage_options, endpoint_url)
+        patch_size: Any = _parse_patch(patch)
+        if level > 0:
+            from patchsieve.inspect import level_patch_size
+
+            patch_size = tuple(level_patch_size(source, patch_size, level, storage_options=so,
+                                                axes=axes).values())
+        sc = run_compute(source, configs, patch_size, output, scheduler=scheduler,
+                         overwrite=overwrite, storage_options=so,
                          axes=axes, level=level, border=border, labels=labels,
                          progress=progress and not json_out,
                          cluster={"n_workers": n_workers, "threads_per_worker": threads_per_worker})

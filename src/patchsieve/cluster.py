@@ -18,10 +18,9 @@ __all__ = ["default_cluster_kwargs", "get_client"]
 def default_cluster_kwargs() -> dict[str, Any]:
     """LocalCluster settings for this machine.
 
-    Decode-and-reduce work releases the GIL (codecs, numpy), so threads beat processes on small
-    machines: one worker process with one thread per core up to 4 cores, then one process per 4
-    cores. Each worker gets an equal share of 80 % of the memory so spilling keeps the pass
-    out-of-core.
+    Decode-and-reduce work releases the GIL (codecs, numpy, the numba kernels), so threads beat
+    processes on small machines: up to 8 cores one in-process worker with a thread per core;
+    above, one process per 4 cores, each with an equal share of 80 % of the memory.
     """
     import psutil
 
@@ -33,7 +32,9 @@ def default_cluster_kwargs() -> dict[str, Any]:
         "n_workers": n_workers,
         "threads_per_worker": threads,
         "memory_limit": mem,
-        "processes": True,
+        # up to 8 cores one in-process worker (threads) is as fast and needs no
+        # `if __name__ == "__main__":` guard in user scripts; bigger machines get processes
+        "processes": ncores > 8,
         "host": "127.0.0.1",
         "dashboard_address": ":0",
     }

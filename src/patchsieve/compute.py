@@ -73,15 +73,17 @@ def default_output(
     source_fingerprint: str,
     *,
     storage_options: Mapping[str, Any] | None = None,
+    level: int = 0,
 ) -> str:
     """Default side-car location.
 
     ``<source name>.patchsieve.zarr`` beside the source when that location is writable (local or
     object storage), else ``$XDG_CACHE_HOME/patchsieve/<fingerprint>/<source name>.patchsieve.zarr``
     (``~/.cache`` when XDG_CACHE_HOME is unset). In-memory sources (numpy/dask) always use the cache.
-    Never inside the source store.
+    Never inside the source store. A pass on pyramid level ``k > 0`` is named
+    ``<source name>.level<k>.patchsieve.zarr`` so it sits beside the level-0 side-car.
     """
-    stem = _source_stem(source_url)
+    stem = _source_stem(source_url) + (f".level{level}" if level else "")
     cached = os.path.join(_cache_root(), source_fingerprint[:16], stem + _sc.SUFFIX)
     if source_url.startswith("<"):
         return cached
@@ -531,7 +533,8 @@ def compute(
     src_fp = source_fingerprint(volume, storage_options)
     out_opts = output_storage_options if output_storage_options is not None else storage_options
     if output is None:
-        output = default_output(src_url, src_fp, storage_options=out_opts)
+        output = default_output(src_url, src_fp, storage_options=out_opts,
+                                level=int(volume.attrs.get("level", level) or 0))
     output = str(output)
     _check_not_inside(output, src_url)
     _sc._require_writable(output, out_opts)

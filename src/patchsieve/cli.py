@@ -252,6 +252,40 @@ def run(
             typer.echo(f"{key}: {value}")
 
 
+@app.command()
+def sample(
+    sidecar: str = typer.Argument(..., help="A completed side-car (*.patchsieve.zarr)."),
+    audit: bool = typer.Option(True, "--audit/--no-audit", help="Print the sampling audit."),
+    n: int = typer.Option(256, "-n", help="Patches to read (measures bytes/patch, cache hits)."),
+    mode: str = typer.Option("per_epoch", help="per_epoch, with_replacement or fixed_subset."),
+    filter_name: Optional[str] = typer.Option(None, "--filter", help="Filter of the side-car."),  # noqa: UP007
+    epochs: int = typer.Option(1, help="Epochs the audit covers."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    storage_options: Optional[str] = typer.Option(None, help="fsspec options as JSON."),  # noqa: UP007
+    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Draw patches as PatchDataset does and audit the sampling (background share, reads)."""
+    from patchsieve.dataset import PatchDataset
+
+    try:
+        so = _storage_options(storage_options, endpoint_url)
+        ds = PatchDataset(sidecar=sidecar, mode=mode, filter_name=filter_name, seed=seed,
+                          storage_options=so)
+        for i, _ in enumerate(ds):
+            if i + 1 >= n:
+                break
+        report = ds.audit(epochs=epochs) if audit else {}
+    except PatchsieveError as err:
+        _fail(err)
+        return
+    if json_out:
+        typer.echo(json.dumps(report, indent=1, default=str))
+        return
+    for key, value in report.items():
+        typer.echo(f"{key}: {value}")
+
+
 def _register_tools() -> None:
     from patchsieve._cli_tools import register
 

@@ -124,3 +124,9 @@ def test_grid_coords_checked():
 def test_region_chunks(chunks, p, n, expected):
     assert region_chunks(chunks, p, n) == expected
     assert sum(region_chunks(chunks, p, n)) == n
+
+
+@pytest.mark.parametrize("bad", [None, 16, 16.0, "16"])
+def test_grid_patch_not_a_sequence(bad):
+    with pytest.raises(ConfigError, match="patch_size must be a sequence"):
+        RegionGrid((64, 64), bad)

@@ -200,6 +200,14 @@ class RegionGrid:
         self, spatial_shape: Sequence[int], patch_size: Sequence[int] | Mapping[str, int]
     ) -> None:
         shape = tuple(int(s) for s in spatial_shape)
+        if isinstance(patch_size, (str, bytes)) or not isinstance(
+            patch_size, (Sequence, Mapping, np.ndarray)
+        ):
+            raise ConfigError(
+                f"patch_size must be a sequence of ints in spatial order or a mapping "
+                f"{{dim: size}}; got {patch_size!r}. Fix: pass e.g. (16, 16) or "
+                '{"y": 16, "x": 16}.'
+            )
         if isinstance(patch_size, Mapping):
             ps_map = normalize_patch_size(patch_size, SPATIAL_DIMS[-len(shape):])
         else:

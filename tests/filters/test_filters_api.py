@@ -189,3 +189,19 @@ def test_mask_accepts_bool_and_01_ints():
     np.testing.assert_array_equal(
         MaskPatchFilter.filter_map(m, (64, 64)), MaskPatchFilter.filter_map(m > 0, (64, 64))
     )
+
+
+@pytest.mark.parametrize(
+    ("filt", "patch", "match"),
+    [
+        (MaxPatchFilter(10.0), np.zeros((0, 0), "u2"), "is empty"),
+        (MeanStdPatchFilter(1.0), np.zeros((1, 0, 4)), "is empty"),
+        (ShannonPatchFilter(1.0), np.ones((4, 4), complex), "complex"),
+        (MaxPatchFilter(1.0), np.ones((4, 4), bool), "bool"),
+        (MeanStdPatchFilter(1.0), _with(np.nan)[None], "NaN or inf"),
+        (MaskPatchFilter(0.5), np.zeros(0, bool), "is empty"),
+    ],
+)
+def test_filter_out_validates_the_patch(filt, patch, match):
+    with pytest.raises(DataError, match=match):
+        filt.filter_out(patch)

@@ -139,6 +139,20 @@ def as_image(
     return out
 
 
+def as_patch(patch: ArrayLike, *, mask: bool = False) -> np.ndarray:
+    """Validate a region passed to ``filter_out``: non-empty, numeric (bool only for the
+    Mask filter), finite; returned as an array (dtype unchanged, as CAREamics sees it)."""
+    p = np.asarray(patch)
+    if p.size == 0:
+        raise DataError(f"patch is empty (shape {p.shape}). Fix: pass a non-empty region.")
+    check_dtype(p, what="patch", allow_bool=mask)
+    if mask:
+        check_mask_values(p, what="patch")
+    else:
+        check_finite(p, what="patch")
+    return p
+
+
 def grid_for(image_shape: Sequence[int], patch_size: Sequence[int]) -> RegionGrid:
     """The region grid of an image, with one clear error for bad patch sizes."""
     if isinstance(patch_size, (int, np.integer)) or not hasattr(patch_size, "__len__"):

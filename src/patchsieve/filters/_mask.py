@@ -14,9 +14,9 @@ from patchsieve.filters._base import (
     Border,
     Ties,
     as_image,
+    as_patch,
     check_border,
     check_coverage,
-    check_mask_values,
     check_threshold,
     check_ties,
     expand_region_values,
@@ -61,8 +61,7 @@ class MaskPatchFilter:
 
     def filter_out(self, patch: ArrayLike) -> bool:
         """True if the fraction of non-zero mask pixels is below ``coverage``."""
-        p = np.asarray(patch)
-        check_mask_values(p, what="patch")
+        p = as_patch(patch, mask=True)
         frac = np.count_nonzero(p) / p.size
         return not bool(keep_mask(frac, self.coverage, self.ties, strict_default=False))
 

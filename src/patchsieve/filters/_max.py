@@ -15,6 +15,7 @@ from patchsieve.filters._base import (
     Border,
     Ties,
     as_image,
+    as_patch,
     check_border,
     check_coverage,
     check_threshold,
@@ -99,7 +100,7 @@ class MaxPatchFilter:
         Reproduces CAREamics exactly, including its constant-zero padding and its
         footprint ``patch.shape // 2`` (quirks B4a, B4b).
         """
-        p = np.asarray(patch)
+        p = as_patch(patch)
         p = p.astype(np.float32, copy=False) if p.dtype.kind != "f" else p
         cov = self.resolved_coverage(_patch_ndim(p))
         thr = self.threshold

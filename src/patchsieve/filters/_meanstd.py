@@ -15,6 +15,7 @@ from patchsieve.filters._base import (
     Border,
     Ties,
     as_image,
+    as_patch,
     check_border,
     check_threshold,
     check_ties,
@@ -85,7 +86,7 @@ class MeanStdPatchFilter:
 
     def filter_out(self, patch: ArrayLike) -> bool:
         """True if ``mean < mean_threshold`` or ``std < std_threshold`` (CAREamics)."""
-        p = np.asarray(patch)
+        p = as_patch(patch)
         p = p.astype(np.float32, copy=False) if p.dtype.kind != "f" else p
         keep = bool(keep_mask(np.mean(p), self.mean_threshold, self.ties, strict_default=False))
         if self.std_threshold is not None:

@@ -15,6 +15,7 @@ from patchsieve.filters._base import (
     Border,
     Ties,
     as_image,
+    as_patch,
     check_border,
     check_threshold,
     check_ties,
@@ -78,7 +79,7 @@ class ShannonPatchFilter:
 
     def filter_out(self, patch: ArrayLike) -> bool:
         """True if the entropy of ``patch`` is below the threshold (CAREamics)."""
-        h = shannon_entropy(np.asarray(patch))
+        h = shannon_entropy(as_patch(patch))
         return not bool(keep_mask(h, self.threshold, self.ties, strict_default=False))
 
     @staticmethod

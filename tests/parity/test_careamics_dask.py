@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import CASES, config_for, load_case
+from careamics_ref import CASES, config_for, load_case
 
 from patchsieve.errors import PatchsieveWarning
 from patchsieve.regions import decide, filter_map_from_stats, region_stats, stat_names

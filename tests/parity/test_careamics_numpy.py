@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import CASES, config_for, load_case
+from careamics_ref import CASES, config_for, load_case
 
 from patchsieve.errors import PatchsieveWarning
 from patchsieve.filters import (

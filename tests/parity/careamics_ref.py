@@ -1,4 +1,5 @@
-"""Load the CAREamics 0.3.5 reference vectors (skip when the folder is absent)."""
+"""Load the CAREamics 0.3.5 reference vectors (skip when the folder is absent); shared by
+the parity tests (a uniquely named module, not a conftest, so the import is unambiguous)."""
 
 from __future__ import annotations
 

@@ -59,6 +59,11 @@ _LAZY = {
     "RegionGrid": "patchsieve.grid",
     "normalize_patch_size": "patchsieve.grid",
     "region_stats": "patchsieve.regions",
+    "decide": "patchsieve.regions",
+    "stat_names": "patchsieve.regions",
+    "filter_map_from_stats": "patchsieve.regions",
+    "parse_filter_config": "patchsieve.config",
+    "validate_training_patch_size": "patchsieve.grid",
     # side-car
     "open_sidecar": "patchsieve.sidecar",
     "Sidecar": "patchsieve.sidecar",

@@ -200,11 +200,9 @@ def test_lock_staleness_rules(tmp_path: Path, client: Any, host: str | None, age
 
 
 def test_fresh_output_refuses_a_second_writer_mid_run(tmp_path: Path, client: Any) -> None:
-    """A first run on a new output holds the lock while it writes blocks.
-
-    (Between creating the new group and its first marker flush the lock is briefly absent: see
-    the catalogue row ``sidecar-lock-fresh-output`` in docs/errors.md.)
-    """
+    """A first run on a new output holds the lock while it writes blocks (creating the new group
+    keeps the lock: catalogue row ``sidecar-lock-fresh-output`` checks the moment before the first
+    block deterministically)."""
     from patchsieve import compute, open_sidecar
     from patchsieve.errors import SidecarLockedError
 

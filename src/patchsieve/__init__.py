@@ -70,6 +70,8 @@ _LAZY = {
     # sampling / dataset
     "StratifiedPatching": "patchsieve.sampling",
     "PatchDataset": "patchsieve.dataset",
+    "PatchLoader": "patchsieve.dataset",
+    "RandomFlipRotate": "patchsieve.transforms",
     # demo data
     "write_demo_data": "patchsieve.demo",
     # pipelines

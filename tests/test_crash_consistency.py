@@ -2,10 +2,11 @@
 
 ``patchsieve compute`` runs as a CLI subprocess in its own session (the client and its
 LocalCluster worker processes share the process group). The test kills the whole group with
-SIGKILL at seeded points of several kinds -- a random wall-clock delay (start-up, opening, the
-first blocks), a random fraction of the region-statistics blocks written, and the moment every
-block marker is set (decisions, normalisation and the ``complete`` flag being written) -- and
-reruns the same command on the same output after each kill. After every kill:
+SIGKILL at seeded points of several kinds -- a random delay after the run took the lock
+(side-car creation, graph building, the first blocks), random fractions of the
+region-statistics blocks written, and the moment every block marker is set (decisions,
+normalisation and the ``complete`` flag being written) -- and reruns the same command on the
+same output after each kill. After every kill:
 
 * readers (``open_sidecar``, ``PatchDataset``) refuse the side-car unless it is complete, and a
   side-car they accept equals the clean one;
@@ -96,17 +97,28 @@ def wait_group_dead(pgid: int, timeout: float = 30.0) -> None:
 def kill_schedule(seeds: tuple[int, ...]) -> list[tuple[int, str, float]]:
     """Seeded kill points, in the order the phases of a run come (later kills resume earlier ones).
 
-    The first seed kills after a random delay (start-up: imports, cluster, open, lock, first
-    blocks), the middle ones at random fractions of the region-statistics blocks (ascending, so each
-    resumed run still has blocks to write), the last one when every block marker is set (while
-    decisions, normalisation and the ``complete`` flag are written).
+    The first seed kills at a random delay after the run took the lock (creating the side-car,
+    building the graph, the first blocks), the middle ones at random fractions of the
+    region-statistics blocks (ascending, so each resumed run still has blocks to write), the last
+    one once the run holds the lock and every block marker is set (decisions, normalisation and
+    the ``complete`` flag being written).
     """
     rngs = [np.random.default_rng(s) for s in seeds]
     fractions = sorted(float(r.uniform(0.1, 0.9)) for r in rngs[1:-1])
-    out = [(seeds[0], "time", float(rngs[0].uniform(1.5, 8.0)))]
+    out = [(seeds[0], "lock", float(rngs[0].uniform(0.0, 1.0)))]
     out += [(s, "progress", f) for s, f in zip(seeds[1:-1], fractions)]
     out.append((seeds[-1], "finalize", 1.0))
     return out
+
+
+def lock_owner(out: Path) -> int | None:
+    """The pid recorded in the side-car's lock (None without a readable lock)."""
+    import json
+
+    try:
+        return int(json.loads((out / "patchsieve.lock").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_and_kill(cmd: list[str], out: Path, point: tuple[str, float], env: dict[str, str]
@@ -114,6 +126,7 @@ def run_and_kill(cmd: list[str], out: Path, point: tuple[str, float], env: dict[
     """Start the CLI, SIGKILL its process group at ``point``; returns (killed, description)."""
     kind, value = point
     start_done, total = markers(out)
+    locked_at: float | None = None
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=env)
     t0 = time.monotonic()
@@ -121,11 +134,13 @@ def run_and_kill(cmd: list[str], out: Path, point: tuple[str, float], env: dict[
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             done, total = markers(out)
-            if kind == "time" and time.monotonic() - t0 >= value:
+            if locked_at is None and lock_owner(out) == proc.pid:
+                locked_at = time.monotonic()
+            if kind == "lock" and locked_at is not None and time.monotonic() - locked_at >= value:
                 break
             if kind == "progress" and done >= max(value * total, start_done + 1) and total > 1:
                 break
-            if kind == "finalize" and total > 1 and done == total:
+            if kind == "finalize" and locked_at is not None and total > 1 and done == total:
                 break
             time.sleep(0.02)
         if proc.poll() is not None:

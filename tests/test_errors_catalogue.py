@@ -933,6 +933,28 @@ def _(ctx: Ctx) -> None:
     PatchDataset()
 
 
+@case("dataset-shuffle-window-not-int")
+def _(ctx: Ctx) -> None:
+    _dataset(ctx, shuffle_window="a")
+
+
+@case("dataset-state-dict-foreign")
+def _(ctx: Ctx) -> None:
+    _dataset(ctx).load_state_dict({"epoch": 2})
+
+
+@case("dataset-transform-bad-return")
+def _(ctx: Ctx) -> None:
+    next(iter(_dataset(ctx, transform=lambda x, y: None)))
+
+
+@case("sampling-background-shape")
+def _(ctx: Ctx) -> None:
+    from patchsieve.sampling import StratifiedPatching
+
+    StratifiedPatching((64, 64), (16, 16), np.ones((1, 4, 4)), background=np.zeros((2, 2), bool))
+
+
 class _KillWorker:
     """A transform that SIGKILLs the DataLoader worker process it runs in."""
 

@@ -87,13 +87,19 @@ def plain_read(client, url: str) -> float:
     return time.perf_counter() - t0
 
 
+def _patch_for(url: str) -> tuple[int, ...]:
+    from patchsieve import open_volume
+
+    return PATCH if "z" in open_volume(url).dims else PATCH[1:]
+
+
 def run_pass(client, url: str, cfg, out: Path) -> float:
     from patchsieve import compute
 
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    compute(url, {"f": cfg}, PATCH, out, client=client, overwrite=True)
+    compute(url, {"f": cfg}, _patch_for(url), out, client=client, overwrite=True)
     return time.perf_counter() - t0
 
 

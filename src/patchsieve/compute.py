@@ -731,6 +731,54 @@ class _Job:
     finish: Callable[[], None]
 
 
+class _Mirror:
+    """In-memory copies of the side-car arrays a job fills, flushed to Zarr in batches.
+
+    Results arrive block by block; writing each block with its own zarr call costs more than
+    computing it. The client keeps a copy of every target array (region- or cell-level, so tiny
+    next to the volume), loaded from disk so a resumed run starts from what is there, and writes
+    the bounding box of the blocks finished since the last flush in one call per array, then their
+    markers. A killed run therefore leaves markers only for blocks whose values are on disk.
+    """
+
+    def __init__(self, arrays: Mapping[str, zarr.Array], marker: zarr.Array,
+                 lock: _sc.SidecarLock):
+        self.arrays = dict(arrays)
+        self.mem = {k: np.asarray(a[...]) for k, a in self.arrays.items()}
+        self.marker, self.lock = marker, lock
+        self.done = np.asarray(marker[...])
+        self.pending: list[tuple[int, ...]] = []
+        self.lo: list[int] | None = None
+        self.hi: list[int] | None = None
+        self.last = time.monotonic()
+
+    def put(self, idx: tuple[int, ...], sl: tuple[slice, ...], values: Mapping[str, np.ndarray]) -> None:
+        for k, v in values.items():
+            self.mem[k][sl] = v
+        starts = [s.start or 0 for s in sl]
+        stops = [s.stop for s in sl]
+        self.lo = starts if self.lo is None else [min(a, b) for a, b in zip(self.lo, starts)]
+        self.hi = stops if self.hi is None else [max(a, b) for a, b in zip(self.hi, stops)]
+        self.pending.append(idx)
+        if len(self.pending) >= 512 or time.monotonic() - self.last >= _FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        assert self.lo is not None and self.hi is not None
+        box = tuple(slice(a, b) for a, b in zip(self.lo, self.hi))
+        for k, arr in self.arrays.items():
+            full = box + (slice(None),) * (arr.ndim - len(box))
+            arr[full] = self.mem[k][full]
+        for idx in self.pending:
+            self.done[idx] = 1
+        self.marker[...] = self.done
+        self.pending, self.lo, self.hi = [], None, None
+        self.last = time.monotonic()
+        self.lock.heartbeat()
+
+
 def _stats_job(writer: _Writer, plan: _Plan, geom: Mapping[str, Any], todo_stats: list[str],
                lock: _sc.SidecarLock) -> _Job:
     region_shape = [*geom["sample_shape"], *geom["grid_shape"]]
@@ -740,21 +788,16 @@ def _stats_job(writer: _Writer, plan: _Plan, geom: Mapping[str, Any], todo_stats
     mkey = "progress/stats_" + _sc.canonical_hash(sorted(todo_stats))[:8]
     marker = writer.array(mkey, plan.stat_numblocks, [max(1, n) for n in plan.stat_numblocks],
                           "uint8")
-    done = np.asarray(marker[...])
-    todo = [tuple(int(i) for i in idx) for idx in np.argwhere(done == 0)]
+    mirror = _Mirror(arrays, marker, lock)
+    todo = [tuple(int(i) for i in idx) for idx in np.argwhere(mirror.done == 0)]
     logger.info("region statistics %s: %d of %d blocks to compute", todo_stats, len(todo),
-                done.size)
-    pending: dict[tuple[int, ...], Any] = {}
+                mirror.done.size)
 
     def on_stat(idx: tuple[int, ...], values: tuple[np.ndarray, ...]) -> None:
         sl = _block_slices(idx, plan.stat_chunks, region_shape)
-        for s, v in zip(todo_stats, values):
-            arrays[s][sl] = v
-        pending[idx] = True
-        _maybe_flush(marker, done, pending, lock)
+        mirror.put(idx, sl, dict(zip(todo_stats, values)))
 
-    return _Job("region statistics", plan.stat_blocks, todo, on_stat,
-                lambda: _flush_markers(marker, done, pending, lock))
+    return _Job("region statistics", plan.stat_blocks, todo, on_stat, mirror.flush)
 
 
 def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None:
@@ -797,28 +840,8 @@ def _stack_object_blocks(blocks: list[Any]) -> Any:
     return da.concatenate(flat, axis=0)
 
 
-_FLUSH_EVERY_S = 1.0
-_last_flush = [0.0]
+_FLUSH_EVERY_S = 2.0
 
-
-def _maybe_flush(marker: zarr.Array, done: np.ndarray, pending: dict[tuple[int, ...], Any],
-                 lock: _sc.SidecarLock) -> None:
-    """Write markers every 64 blocks or once a second, whichever comes first."""
-    now = time.monotonic()
-    if len(pending) >= 64 or now - _last_flush[0] >= _FLUSH_EVERY_S:
-        _flush_markers(marker, done, pending, lock)
-        _last_flush[0] = now
-
-
-def _flush_markers(marker: zarr.Array, done: np.ndarray, pending: dict[tuple[int, ...], Any],
-                   lock: _sc.SidecarLock) -> None:
-    if not pending:
-        return
-    for idx in pending:
-        done[idx] = 1
-    marker[...] = done
-    pending.clear()
-    lock.heartbeat()
 
 
 def _cells_job(writer: _Writer, plan: _Plan, geom: Mapping[str, Any],
@@ -826,15 +849,14 @@ def _cells_job(writer: _Writer, plan: _Plan, geom: Mapping[str, Any],
     n_c = geom["n_channels"]
     cshape = [n_c, *geom["sample_shape"], *geom["cell_shape"]]
     cchunks = [n_c, *plan.cell_chunks]
-    arr_sum = writer.array("cells/sum", cshape, cchunks, "float64")
-    arr_sq = writer.array("cells/sumsq", cshape, cchunks, "float64")
+    arrays = {"sum": writer.array("cells/sum", cshape, cchunks, "float64"),
+              "sumsq": writer.array("cells/sumsq", cshape, cchunks, "float64")}
     marker = writer.array("progress/cells", plan.cell_numblocks,
                           [max(1, n) for n in plan.cell_numblocks], "uint8")
-    done = np.asarray(marker[...])
-    todo = [tuple(int(i) for i in idx) for idx in np.argwhere(done == 0)]
+    mirror = _Mirror(arrays, marker, lock)
+    todo = [tuple(int(i) for i in idx) for idx in np.argwhere(mirror.done == 0)]
     dims = plan.dims
     c_axis = dims.index("c") if "c" in dims else None
-    pending: dict[tuple[int, ...], Any] = {}
 
     def on_cell(idx: tuple[int, ...], partial: np.ndarray) -> None:
         # partial: (2, *block dims incl. c, *cells)
@@ -843,14 +865,10 @@ def _cells_job(writer: _Writer, plan: _Plan, geom: Mapping[str, Any],
         else:
             partial = np.moveaxis(partial, 1 + c_axis, 1)
         idx_wo_c = [i for d, i in zip(dims, idx) if d != "c"]
-        sl = (slice(None),) + _block_slices(idx_wo_c, plan.cell_chunks, cshape[1:])
-        arr_sum[sl] = partial[0]
-        arr_sq[sl] = partial[1]
-        pending[idx] = True
-        _maybe_flush(marker, done, pending, lock)
+        sl = (slice(0, n_c),) + _block_slices(idx_wo_c, plan.cell_chunks, cshape[1:])
+        mirror.put(idx, sl, {"sum": partial[0], "sumsq": partial[1]})
 
-    return _Job("normalisation partials", plan.cell_blocks, todo, on_cell,
-                lambda: _flush_markers(marker, done, pending, lock))
+    return _Job("normalisation partials", plan.cell_blocks, todo, on_cell, mirror.flush)
 
 
 class _NullBar:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -49,20 +49,40 @@ def works_or_patchsieve_error(fn: Callable[[], Any]) -> tuple[bool, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return True, fn()
+            out = fn()
         except PatchsieveError as err:
             assert str(err), "a patchsieve error must carry a message"
+            _event(f"raised {type(err).__name__}")
             return False, err
+        _event("worked")
+        return True, out
+
+
+def _event(name: str) -> None:
+    """Tally outcomes (``pytest --hypothesis-show-statistics``): the valid paths must be hit."""
+    if currently_in_test_context():
+        event(name)
 
 
 # ----------------------------------------------------------------------------- axes
-AXES_TEXT = st.text(alphabet="STCZYXstczyxQ1 _", max_size=8)
+@st.composite
+def valid_axes(draw: Any) -> str:
+    """CAREamics-valid axes: some of S, T, C, Z in any order, with YX/XY adjacent, any case."""
+    others = draw(st.lists(st.sampled_from("STCZ"), unique=True, max_size=4))
+    pos = draw(st.integers(0, len(others)))
+    yx = draw(st.sampled_from(["YX", "XY"]))
+    text = "".join(others[:pos]) + yx + "".join(others[pos:])
+    return text.lower() if draw(st.booleans()) else text
+
+
+AXES_TEXT = st.one_of(valid_axes(), st.text(alphabet="STCZYXstczyxQ1 _", max_size=8))
 AXES_SEQ = st.lists(st.one_of(st.sampled_from(list("STCZYXyxq")), st.text(max_size=2),
                               st.integers(0, 3), st.none()), max_size=7)
 
 
 @FUZZ
-@given(axes=st.one_of(AXES_TEXT, AXES_SEQ, st.none(), st.integers(), st.floats()),
+@given(axes=st.one_of(valid_axes(), valid_axes().map(list), AXES_TEXT, AXES_SEQ, st.none(),
+                     st.integers(), st.floats()),
        ndim=st.one_of(st.none(), st.integers(-1, 8)))
 def test_parse_axes(axes: Any, ndim: int | None) -> None:
     from patchsieve import parse_axes
@@ -75,12 +95,15 @@ def test_parse_axes(axes: Any, ndim: int | None) -> None:
 
 
 @FUZZ_SMALL
-@given(axes=AXES_TEXT, shape=st.lists(st.integers(0, 4), min_size=0, max_size=6),
-       dtype=st.sampled_from(["u1", "u2", "i2", "f4", "f8", "?", "c8", "O"]),
+@given(axes=AXES_TEXT, sizes=st.lists(st.integers(0, 4), min_size=0, max_size=6),
+       match=st.booleans(),
+       dtype=st.sampled_from(["u1", "u2", "i2", "f4", "f8", "u2", "f4", "?", "c8", "O"]),
        channel=st.one_of(st.none(), st.integers(-2, 4), st.lists(st.integers(-1, 3), max_size=3)))
-def test_open_volume_numpy(axes: str, shape: list[int], dtype: str, channel: Any) -> None:
+def test_open_volume_numpy(axes: str, sizes: list[int], match: bool, dtype: str,
+                           channel: Any) -> None:
     from patchsieve import open_volume
 
+    shape = ([max(1, v) for v in sizes] * 6)[: len(axes)] if match and sizes else sizes
     data = np.zeros(shape, dtype=dtype)
     ok, vol = works_or_patchsieve_error(lambda: open_volume(data, axes=axes, channel=channel))
     if ok:
@@ -134,7 +157,21 @@ VALUE = st.one_of(
 )
 FIELDS = ["name", "threshold", "coverage", "mean_threshold", "std_threshold", "ref_channel",
           "filtered_patch_prob", "mask", "mask_sha256", "bogus"]
+_COMMON = {"ref_channel": st.integers(0, 3), "filtered_patch_prob": st.floats(0, 1)}
+VALID_CONFIG = st.one_of(
+    st.fixed_dictionaries({"name": st.just("max"), "threshold": st.floats(-10, 500)},
+                          optional={"coverage": st.one_of(st.none(), st.floats(0, 1)),
+                                    **_COMMON}),
+    st.fixed_dictionaries({"name": st.just("mean_std"), "mean_threshold": st.floats(0, 500)},
+                          optional={"std_threshold": st.one_of(st.none(), st.floats(0, 100)),
+                                    **_COMMON}),
+    st.fixed_dictionaries({"name": st.just("shannon"), "threshold": st.floats(0, 16)},
+                          optional=_COMMON),
+    st.fixed_dictionaries({"name": st.just("mask")},
+                          optional={"coverage": st.floats(0, 1), "mask": st.just("m.zarr")}),
+)
 CONFIG = st.one_of(
+    VALID_CONFIG,
     st.dictionaries(st.sampled_from(FIELDS), VALUE, max_size=5),
     st.builds(lambda name, d: {"name": name, **d},
               st.sampled_from(["max", "mean_std", "shannon", "mask", "median", ""]),
@@ -191,9 +228,27 @@ SPEC = st.fixed_dictionaries(
 )
 
 
+VALID_SPEC = st.fixed_dictionaries(
+    {"source": st.sampled_from(["img.ome.zarr", "s3://bucket/img.zarr"]),
+     "filters": st.lists(st.one_of(VALID_CONFIG, VALID_CONFIG, CONFIG), min_size=1, max_size=2),
+     "patch_size": st.sampled_from([[64, 64], [16, 64, 64], {"y": 32, "x": 32}])},
+    optional={"dataset": st.fixed_dictionaries({}, optional={
+        "mode": st.sampled_from(["per_epoch", "with_replacement", "x"]),
+        "epoch_length": st.integers(-1, 5), "batch_size": st.integers(0, 4)}),
+        "cluster": st.fixed_dictionaries({}, optional={
+            "scheduler": st.sampled_from(["tcp://127.0.0.1:8786", "nowhere", None]),
+            "n_workers": st.integers(0, 2)}),
+        "ref_channel": st.integers(-1, 2), "labels": st.booleans(),
+        "border": st.sampled_from(["careamics", "valid", "edge"])},
+)
+
+
 @FUZZ_SMALL
-@given(spec=SPEC, overrides=st.lists(st.text(alphabet="abcdefilrst.=0123[]_", max_size=12),
-                                     max_size=2))
+@given(spec=st.one_of(VALID_SPEC, VALID_SPEC, SPEC), overrides=st.one_of(
+    st.just([]), st.lists(st.sampled_from(["labels=true", "filters.0.threshold=8",
+                                           "patch_size=[32,32]", "seed=3", "filters.5.x=1",
+                                           "cluster.n_workers=0", "dataset=[1]"]), max_size=2),
+    st.lists(st.text(alphabet="abcdefilrst.=0123[]_", max_size=12), max_size=2)))
 def test_pipeline_spec_dicts(spec: dict[str, Any], overrides: list[str]) -> None:
     from patchsieve.pipeline import PipelineConfig
 
@@ -212,11 +267,27 @@ IMAGES = hnp.arrays(
 )
 
 
+@st.composite
+def image_and_patch(draw: Any) -> tuple[np.ndarray, Any]:
+    """A finite 2D/3D image and a patch that fits it (the path that must work)."""
+    ndim = draw(st.sampled_from([2, 3]))
+    shape = draw(st.tuples(*[st.integers(1, 24 if ndim == 2 else 9)] * ndim))
+    patch = [draw(st.integers(1, n)) for n in shape]
+    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.int16, np.float32, np.float64]))
+    image = draw(hnp.arrays(dtype, shape, elements=st.integers(0, 1) if draw(st.booleans())
+                            else None).filter(lambda a: bool(np.isfinite(a).all())))
+    return image, patch
+
+
+NOISY = st.tuples(IMAGES, st.one_of(st.lists(st.integers(-1, 12), min_size=0, max_size=4),
+                                    st.integers(1, 4)))
+
+
 @FUZZ
-@given(image=IMAGES, patch=st.one_of(st.lists(st.integers(-1, 12), min_size=0, max_size=4),
-                                     st.integers(1, 4)),
+@given(pair=st.one_of(image_and_patch(), NOISY),
        kind=st.sampled_from(["max", "mean_std", "shannon", "mask"]))
-def test_filter_map(image: np.ndarray, patch: Any, kind: str) -> None:
+def test_filter_map(pair: tuple[np.ndarray, Any], kind: str) -> None:
+    image, patch = pair
     from patchsieve import MaskPatchFilter, MaxPatchFilter, MeanStdPatchFilter, ShannonPatchFilter
 
     fn = {"max": MaxPatchFilter.filter_map, "mean_std": MeanStdPatchFilter.filter_map,
@@ -259,12 +330,16 @@ def test_fuzz_finds_the_documented_rejections(kind: str) -> None:
 @FUZZ_SMALL
 @given(shape=st.tuples(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40)),
        chunks=st.tuples(st.integers(1, 3), st.integers(1, 20), st.integers(1, 20)),
-       patch=st.one_of(st.tuples(st.integers(-1, 24), st.integers(-1, 24)),
+       patch=st.one_of(st.tuples(st.integers(1, 8), st.integers(1, 8)),
+                       st.tuples(st.integers(-1, 24), st.integers(-1, 24)),
                        st.lists(st.integers(1, 8), max_size=4)),
-       stats=st.lists(st.sampled_from(["mean", "std", "entropy", "max", "max_cov0.25",
-                                       "max_cov2", "mask_coverage", "median", ""]),
-                      max_size=3),
-       ref_channel=st.integers(-1, 3), border=st.sampled_from(["careamics", "valid", "edge"]),
+       stats=st.one_of(
+           st.lists(st.sampled_from(["mean", "std", "entropy", "max", "max_cov0.25"]),
+                    min_size=1, max_size=3, unique=True),
+           st.lists(st.sampled_from(["mean", "max_cov2", "mask_coverage", "median", ""]),
+                    max_size=3)),
+       ref_channel=st.sampled_from([0, 0, 0, -1, 1, 3]),
+       border=st.sampled_from(["careamics", "valid", "careamics", "edge"]),
        channels=st.booleans())
 def test_region_stats(shape: tuple[int, int, int], chunks: tuple[int, int, int], patch: Any,
                       stats: list[str], ref_channel: int, border: str, channels: bool) -> None:
@@ -288,3 +363,53 @@ def test_region_stats(shape: tuple[int, int, int], chunks: tuple[int, int, int],
     if ok:
         for name in ds.data_vars:
             assert ds[name].dtype == np.float64
+
+
+# ----------------------------------------------------------------------------- sampling plans
+WEIGHT = st.one_of(st.sampled_from([1.0, 0.1, 0.0, 1.0, 0.5]), st.floats(-0.5, 1.5),
+                   st.just(float("nan")))
+
+
+@FUZZ_SMALL
+@given(shape=st.tuples(st.integers(0, 48), st.integers(0, 48)),
+       patch=st.one_of(st.tuples(st.integers(1, 16), st.integers(1, 16)),
+                       st.tuples(st.integers(-1, 20), st.integers(-1, 20))),
+       grid=st.tuples(st.integers(1, 3), st.integers(0, 5), st.integers(0, 5)),
+       weights=st.lists(WEIGHT, min_size=1, max_size=75),
+       with_background=st.booleans(),
+       mode=st.sampled_from(["per_epoch", "with_replacement", "fixed_subset", "per_epoch",
+                             "uniform"]),
+       seed=st.one_of(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(-2, -1),
+                      st.text(max_size=2)),
+       epoch_length=st.one_of(st.none(), st.integers(1, 50), st.integers(-1, 0)),
+       epoch=st.sampled_from([0, 1, 3, -1]), consistent=st.sampled_from([True, True, False]))
+def test_stratified_patching(shape: tuple[int, int], patch: tuple[int, int],
+                             grid: tuple[int, int, int], weights: list[float],
+                             with_background: bool, mode: str, seed: Any,
+                             epoch_length: int | None, epoch: int, consistent: bool) -> None:
+    """Sampling plans from arbitrary (often inconsistent) geometry, weights and options."""
+    from patchsieve.sampling import StratifiedPatching
+
+    if consistent and min(patch) > 0:  # the CAREamics grid of this geometry
+        shape = (max(shape[0], patch[0]), max(shape[1], patch[1]))
+        grid = (grid[0], (shape[0] + 1) // patch[0], (shape[1] + 1) // patch[1])
+        if mode == "with_replacement" and epoch_length is None:
+            epoch_length = 8
+    n = int(np.prod(grid))
+    w = np.resize(np.asarray(weights, dtype=np.float64), n).reshape(grid) if n else \
+        np.zeros(grid)
+    bg = (w < 1.0) if with_background else None
+
+    def run() -> Any:
+        sp = StratifiedPatching(shape, patch, w, background=bg, mode=mode, seed=seed,
+                                epoch_length=epoch_length)
+        return sp, sp.epoch_plan(epoch)
+
+    ok, out = works_or_patchsieve_error(run)
+    if ok:
+        sp, plan = out
+        assert len(plan) >= 0
+        origins = np.asarray(plan["origin"])
+        if len(plan):
+            assert (origins >= 0).all()
+            assert (origins + np.asarray(patch) <= np.asarray(shape)).all()

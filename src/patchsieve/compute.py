@@ -800,31 +800,55 @@ def _stats_job(writer: _Writer, plan: _Plan, geom: Mapping[str, Any], todo_stats
     return _Job("region statistics", plan.stat_blocks, todo, on_stat, mirror.flush)
 
 
+def _group_shape(numblocks: Sequence[int], target: int) -> tuple[int, ...]:
+    """Blocks per result group (last axes first), about ``target`` blocks per group."""
+    g = [1] * len(numblocks)
+    for a in reversed(range(len(numblocks))):
+        need = math.ceil(target / math.prod(g))
+        if need <= 1:
+            break
+        g[a] = min(int(numblocks[a]), need)
+    return tuple(g)
+
+
 def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None:
-    """Submit the culled union graph of all jobs' missing blocks; hand results back by job."""
+    """Compute the groups of missing blocks of all jobs in one graph; hand results back by block.
+
+    Each block's result is tiny; returning thousands of them one by one costs a scheduler round
+    trip each, so neighbouring blocks are returned in groups of up to 16 (a group with any
+    missing block is recomputed whole: resume granularity stays small).
+    """
     from distributed import as_completed
 
     jobs = [j for j in jobs if j.todo]
     if not jobs:
         return
-    graph: dict[Any, Any] = {}
-    keys: list[Any] = []
-    owner: dict[Any, tuple[_Job, tuple[int, ...]]] = {}
+    nthreads = max(1, sum(client.nthreads().values()) if hasattr(client, "nthreads") else 1)
+    todo_delayed: list[Any] = []
+    owner: dict[Any, tuple[_Job, tuple[int, ...], tuple[int, ...]]] = {}
     tasks = {}
     for job in jobs:
-        jkeys = [(job.collection.name, *idx) for idx in job.todo]
-        graph.update(dict(job.collection.__dask_graph__().cull(set(jkeys))))
-        keys += jkeys
-        owner.update({k: (job, idx) for k, idx in zip(jkeys, job.todo)})
+        numblocks = job.collection.numblocks
+        total = math.prod(numblocks)
+        g = _group_shape(numblocks, max(1, min(16, total // (8 * nthreads))))
+        coll = job.collection.rechunk(g) if math.prod(g) > 1 else job.collection
+        # per-group delayed objects of one optimised graph; computing a subset culls the rest
+        groups = coll.to_delayed(optimize_graph=True)
+        todo_groups = sorted({tuple(i // k for i, k in zip(idx, g)) for idx in job.todo})
+        for gidx in todo_groups:
+            d = groups[gidx]
+            todo_delayed.append(d)
+            owner[d.key] = (job, gidx, g)
         if progress is not None:
-            tasks[job.label] = progress.add_task(job.label, total=len(job.todo))
-    futures = client.get(graph, keys, sync=False)
+            tasks[job.label] = progress.add_task(job.label, total=len(todo_groups))
+    futures = client.compute(todo_delayed)
     with client.as_current():
-        for fut in as_completed(futures):
-            result = fut.result()
-            job, idx = owner[fut.key]
+        for fut, result in as_completed(futures, with_results=True):
+            job, gidx, g = owner[fut.key]
             with _writing(output):
-                job.on_result(idx, result.flat[0])
+                for off in np.ndindex(*result.shape):
+                    idx = tuple(a * k + o for a, k, o in zip(gidx, g, off))
+                    job.on_result(idx, result[off])
             fut.release()
             if progress is not None:
                 progress.advance(tasks[job.label])

@@ -36,11 +36,11 @@ demo: $(STAMP)
 
 ## make bench: the in-memory and <= 4 GB benchmarks (CAREamics and peers in their own virtualenvs)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py --setup-venvs
 
 ## make bench-large: out-of-core benchmarks on one large cached volume
 bench-large: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py --large
+	$(BIN)/python benchmarks/run_all.py --setup-venvs --large
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -32,23 +32,25 @@ pytestmark = pytest.mark.cluster
 
 TIMESTAMPS = {"created", "updated", "timing"}
 SEEDS = (11, 12, 13, 14)  # one kill per seed, each at a point drawn from its own generator
-PATCH = (16, 16)
+PATCH = (8, 8)
+#: small chunks: many blocks (512) and marker flushes, so kills land mid-run on fast machines
+CHUNK = (16, 16)
 
 
-def write_source(path: Path, n_samples: int = 16) -> str:
+def write_source(path: Path, n_samples: int = 8, chunk: tuple[int, int] = CHUNK) -> str:
     rng = np.random.default_rng(3)
     data = rng.poisson(20, size=(n_samples, 128, 128)).astype(np.uint16)
     data[:, 40:100, 30:90] += rng.poisson(400, size=(n_samples, 60, 60)).astype(np.uint16)
-    arr = zarr.create_array(str(path), shape=data.shape, chunks=(1, 32, 32), dtype=data.dtype,
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=(1, *chunk), dtype=data.dtype,
                             dimension_names=("s", "y", "x"), overwrite=True)
     arr[...] = data
     return str(path)
 
 
-def cli_command(src: str, out: Path) -> list[str]:
+def cli_command(src: str, out: Path, patch: tuple[int, int] = PATCH) -> list[str]:
     return [sys.executable, "-m", "patchsieve.cli", "-q", "compute", src, "--filter", "shannon",
             "--threshold", "4.5", "--filter", "max", "--threshold", "300", "--patch",
-            ",".join(map(str, PATCH)), "-o", str(out), "--no-progress"]
+            ",".join(map(str, patch)), "-o", str(out), "--no-progress"]
 
 
 def markers(out: Path) -> tuple[int, int]:
@@ -328,10 +330,12 @@ def test_sigkill_with_the_sidecar_on_s3_then_resume(tmp_path: Path, s3_bucket: A
     from patchsieve.config import MaxPatchFilterConfig, ShannonPatchFilterConfig
     from patchsieve.errors import SidecarIncompleteError
 
-    src = write_source(tmp_path / "src.zarr", n_samples=8)  # 128 blocks: markers flush by 64
+    # 128 blocks (markers flush by 64): every block and marker is a PUT
+    src = write_source(tmp_path / "src.zarr", n_samples=8, chunk=(32, 32))
     opts = s3_bucket.storage_options
     out = f"{s3_bucket.url}/killed.patchsieve.zarr"
-    cmd = [*cli_command(src, Path("unused")), "--endpoint-url", opts["endpoint_url"]]
+    cmd = [*cli_command(src, Path("unused"), patch=(16, 16)), "--endpoint-url",
+           opts["endpoint_url"]]
     cmd[cmd.index("-o") + 1] = out
     env = dict(os.environ, PYTHONWARNINGS="ignore", AWS_ACCESS_KEY_ID=opts["key"],
                AWS_SECRET_ACCESS_KEY=opts["secret"])
@@ -376,7 +380,7 @@ def test_sigkill_with_the_sidecar_on_s3_then_resume(tmp_path: Path, s3_bucket: A
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                       dashboard_address=":0") as cl, Client(cl, set_as_default=False) as client:
         clean = compute(src, {"shannon": ShannonPatchFilterConfig(threshold=4.5),
-                              "max": MaxPatchFilterConfig(threshold=300.0)}, PATCH,
+                              "max": MaxPatchFilterConfig(threshold=300.0)}, (16, 16),
                         tmp_path / "clean.patchsieve.zarr", client=client)
     for name in clean.stats:
         np.testing.assert_array_equal(sc.stats[name], clean.stats[name], err_msg=name)

@@ -42,11 +42,12 @@ def client():
         yield c
 
 
-def write_source(path: Path) -> str:
+def write_source(path: Path, chunk: int = 16) -> str:
+    """(8, 128, 128) uint16; 16x16 chunks give 512 blocks, so runs last long enough to catch."""
     rng = np.random.default_rng(5)
     data = rng.poisson(20, size=(8, 128, 128)).astype(np.uint16)
     data[:, 30:90, 40:110] += rng.poisson(300, size=(8, 60, 70)).astype(np.uint16)
-    arr = zarr.create_array(str(path), shape=data.shape, chunks=(1, 32, 32), dtype=data.dtype,
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=(1, chunk, chunk), dtype=data.dtype,
                             dimension_names=("s", "y", "x"), overwrite=True)
     arr[...] = data
     return str(path)
@@ -184,7 +185,7 @@ def test_lock_staleness_rules(tmp_path: Path, client: Any, host: str | None, age
     from patchsieve import compute
     from patchsieve.errors import SidecarLockedError
 
-    src = write_source(tmp_path / "src.zarr")
+    src = write_source(tmp_path / "src.zarr", chunk=64)
     out = tmp_path / "o.patchsieve.zarr"
     out.mkdir()
     info = {"host": host or socket.gethostname(), "pid": 2**22 + 4321 if host is None else 1,

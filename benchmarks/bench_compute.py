@@ -217,8 +217,11 @@ def main(argv=None) -> int:
     if args.rss:
         rows += bench_rss(args)
     h.print_table(f"filter pass vs plain read ({args.dataset}, patch {PATCH})", rows)
-    h.write_results("bench_compute", {"dataset": args.dataset, "patch": PATCH, "rows": rows,
-                                      "args": vars(args)})
+    name = "bench_compute" if not args.skip_ratios else "bench_compute_rss"
+    if not args.skip_ratios and args.dataset != "large-4g":
+        name += f"_{args.dataset}"
+    h.write_results(name, {"dataset": args.dataset, "patch": PATCH, "rows": rows,
+                           "args": vars(args)})
     return 0
 
 

@@ -351,6 +351,10 @@ class PatchDataset(IterableDataset):
         super().__init__()
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}; got {mode!r}.")
+        for pname, pval in (("shuffle_window", shuffle_window), ("cache_bytes", cache_bytes)):
+            if pval is not None and (isinstance(pval, bool) or not isinstance(pval, (int, np.integer))):
+                raise ConfigError(f"{pname} must be an integer >= 0; got {pval!r}. Fix: e.g. "
+                                  f"{pname}=0.")
         if (shuffle_window is not None and int(shuffle_window) < 0) or int(cache_bytes) < 0:
             raise ConfigError("shuffle_window and cache_bytes must be >= 0.")
         if source is None and sidecar is None:
@@ -726,6 +730,13 @@ class PatchDataset(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume mid-epoch: the next iteration of ``state['epoch']`` skips consumed patches."""
+        missing = [k for k in ("seed", "mode", "epoch", "positions")
+                   if not isinstance(state, Mapping) or k not in state]
+        if missing:
+            raise ConfigError(
+                f"state lacks {missing}; it was not made by PatchDataset.state_dict(). Fix: pass "
+                "the dict that state_dict() returned."
+            )
         if int(state["seed"]) != self.seed or state["mode"] != self.mode:
             raise ConfigError(
                 f"state was saved with seed={state['seed']}, mode={state['mode']!r}; this dataset "
@@ -895,7 +906,13 @@ class PatchDataset(IterableDataset):
             x = (x - self._norm[0]) / self._norm[1]
         y = patches[1] if len(patches) > 1 else None
         if self.transform is not None:
-            x, y = self.transform(x, y)
+            out = self.transform(x, y)
+            if not isinstance(out, tuple) or len(out) != 2:
+                raise ConfigError(
+                    f"transform must return (x, y) (y None without a target); got "
+                    f"{type(out).__name__}. Fix: return both arrays, e.g. `return x, y`."
+                )
+            x, y = out
         out: list[Any] = [torch.from_numpy(np.ascontiguousarray(x))]
         if y is not None:
             out.append(torch.from_numpy(np.ascontiguousarray(y)))

@@ -414,6 +414,11 @@ class StratifiedPatching:
             )
         if not np.all(np.isfinite(w)) or (w < 0).any() or (w > 1).any():
             raise ConfigError("weights must lie in [0, 1] (relative region probabilities).")
+        if background is not None and np.size(background) != w.size:
+            raise ConfigError(
+                f"background has shape {np.shape(background)} but the weights have shape "
+                f"{w.shape}. Fix: pass one flag per region (the side-car's filter_out)."
+            )
         bg = (w < 1) if background is None else np.asarray(background, bool).reshape(w.shape)
         self.weights, self.background = w, bg
         self.n_samples = w.shape[0]

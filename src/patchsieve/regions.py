@@ -152,8 +152,11 @@ def _block_stats(
     what = "mask" if is_mask else "volume"
     if is_mask:
         check_mask_values(block, what=f"{what} block at {dict(zip(dims, origin))}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = block.astype(np.float32, copy=False)
+    if block.dtype.kind in "ui" and block.dtype.itemsize <= 2:
+        x = block  # exact in float32: the kernels take it as is (no converted copy)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = block.astype(np.float32, copy=False)
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
         where = {d: int(o + i) for d, o, i in zip(dims, origin, bad)}

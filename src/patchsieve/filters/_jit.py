@@ -400,3 +400,66 @@ def cell_moments(x, p0, p1, p2, C0, C1, C2, careamics, n_out, s_out, m2_out):  #
                     n_out[li, a, b, c] = cnt
                     s_out[li, a, b, c] = s
                     m2_out[li, a, b, c] = m2
+
+
+@njit(cache=True, nogil=True)
+def cell_histograms(x, lo, p0, p1, p2, careamics, pad_bin, hist):  # pragma: no cover
+    """Per-cell value histograms of integer-valued ``x`` (L, Z, Y, X), any numeric dtype.
+
+    ``hist`` (L, C0, C1, C2, nbins) int32, zeroed by the caller, receives the count of value
+    ``lo + b`` in bin ``b`` for every cell of ``p0*p1*p2`` pixels. Pixels of a cell beyond
+    ``x`` are zero padding: with ``careamics`` they are counted in ``pad_bin``.
+    """
+    L, Z, Y, X = x.shape
+    _, C0, C1, C2, _ = hist.shape
+    cx = np.empty(X, np.int64)
+    for xx in range(X):
+        cx[xx] = xx // p2
+    for li in range(L):
+        for z in range(Z):
+            a = z // p0
+            if a >= C0:
+                break
+            for y in range(Y):
+                b = y // p1
+                if b >= C1:
+                    break
+                row = x[li, z, y]
+                h = hist[li, a, b]
+                for xx in range(min(X, C2 * p2)):
+                    h[cx[xx], np.int64(row[xx]) - lo] += 1
+    if careamics:
+        full = p0 * p1 * p2
+        for li in range(L):
+            for a in range(C0):
+                nz = max(min(Z - a * p0, p0), 0)
+                for b in range(C1):
+                    ny = max(min(Y - b * p1, p1), 0)
+                    for c in range(C2):
+                        nx = max(min(X - c * p2, p2), 0)
+                        miss = full - nz * ny * nx
+                        if miss > 0:
+                            hist[li, a, b, c, pad_bin] += miss
+
+
+@njit(cache=True, nogil=True)
+def region_sum_xlogx(hist, nd, table, out):  # pragma: no cover - compiled
+    """Per region: sum over bins of ``table[count]``, counts summed over the region's
+    ``2**nd`` cells of ``hist`` (L, C0, C1, C2, nbins) (2D: C0 = 1, ``nd`` = 2).
+    ``out`` is (L, n0, n1, n2) with ``n = C - 1`` on the last ``nd`` cell axes."""
+    L, C0, C1, C2, nb = hist.shape
+    o0 = 1 if nd == 3 else 0
+    for li in range(L):
+        for a in range(out.shape[1]):
+            for b in range(out.shape[2]):
+                for c in range(out.shape[3]):
+                    s = 0.0
+                    for v in range(nb):
+                        cnt = hist[li, a, b, c, v] + hist[li, a, b, c + 1, v] \
+                            + hist[li, a, b + 1, c, v] + hist[li, a, b + 1, c + 1, v]
+                        if o0:
+                            cnt += hist[li, a + 1, b, c, v] + hist[li, a + 1, b, c + 1, v] \
+                                + hist[li, a + 1, b + 1, c, v] + hist[li, a + 1, b + 1, c + 1, v]
+                        if cnt > 1:
+                            s += table[cnt]
+                    out[li, a, b, c] = s

@@ -128,7 +128,8 @@ def region_mean_std(
 def _mean_std_jit(slab, patch_size, n, border: Border):
     """Per-cell count/sum/M2 (numba, deterministic per cell whatever the chunking), then
     Chan et al.'s pairwise combination of the ``2**ndim`` cells of each region."""
-    x = np.ascontiguousarray(slab, dtype=np.float32)
+    small_int = slab.dtype.kind in "ui" and slab.dtype.itemsize <= 2  # exact as float32
+    x = np.ascontiguousarray(slab, dtype=None if small_int else np.float32)
     nd = len(patch_size)
     if nd == 2:
         x = x[:, None]
@@ -257,6 +258,7 @@ def region_max_coverage(
     ``-inf`` (ignored by the max) and only in-image pixels are ranked.
     """
     nd = len(patch_size)
+    slab = np.asarray(slab, dtype=np.float32)
     if border == "careamics" and _jit.AVAILABLE:
         return _max_coverage_jit(slab, patch_size, n, coverage)
     fill = 0.0 if border == "careamics" else -np.inf
@@ -376,6 +378,8 @@ def region_entropy(
 
 
 def _entropy_hist(slab, patch_size, n, border: Border, lo: float, nbins: int):
+    if _jit.AVAILABLE:
+        return _entropy_hist_jit(slab, patch_size, n, border, lo, nbins)
     nd = len(patch_size)
     L = slab.shape[0]
     # bin nbins-1 collects padding in "valid" mode (then dropped)
@@ -397,6 +401,29 @@ def _entropy_hist(slab, patch_size, n, border: Border, lo: float, nbins: int):
     table = _xlogx_table(int(np.max(cnt)))
     s = table[reg].sum(axis=-1)
     return _entropy_from_sum(s, cnt)
+
+
+def _entropy_hist_jit(slab, patch_size, n, border: Border, lo: float, nbins: int):
+    """numba path of :func:`_entropy_hist`: one pass of per-cell histograms straight from
+    the slab's dtype, then each region's ``sum c log2 c`` over its ``2**ndim`` cells."""
+    nd = len(patch_size)
+    L = slab.shape[0]
+    x = slab if slab.flags.c_contiguous else np.ascontiguousarray(slab)
+    if nd == 2:
+        x = x[:, None]
+        ps3 = (1, *patch_size)
+        cshape = (1, *(ni + 1 for ni in n))
+    else:
+        ps3 = tuple(patch_size)
+        cshape = tuple(ni + 1 for ni in n)
+    ilo = int(lo)
+    hist = np.zeros((L, *cshape, nbins), dtype=np.int32)
+    _jit.cell_histograms(x, ilo, *ps3, border == "careamics", -ilo, hist)
+    cnt = _counts(slab, patch_size, n, border)
+    table = _xlogx_table(int(np.max(cnt)))
+    s = np.empty((L, *(1,) * (3 - nd), *n), dtype=np.float64)
+    _jit.region_sum_xlogx(hist, nd, table, s)
+    return _entropy_from_sum(s.reshape(L, *n), cnt)
 
 
 def _float_keys(x: NDArray[np.floating]) -> NDArray[np.uint32]:

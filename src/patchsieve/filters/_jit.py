@@ -463,3 +463,31 @@ def region_sum_xlogx(hist, nd, table, out):  # pragma: no cover - compiled
                         if cnt > 1:
                             s += table[cnt]
                     out[li, a, b, c] = s
+
+
+@njit(cache=True, nogil=True)
+def cell_int_sums(x, p0, p1, p2, s_out, q_out):  # pragma: no cover - compiled
+    """Exact per-cell sum and sum of squares (int64) of small-integer ``x`` (L, Z, Y, X).
+
+    Cells of ``p0*p1*p2`` pixels tile ``x`` from its origin (the last ones may be partial);
+    ``s_out``/``q_out`` (L, C0, C1, C2) int64 are zeroed by the caller.
+    """
+    L, Z, Y, X = x.shape
+    C2 = s_out.shape[3]
+    for li in range(L):
+        for z in range(Z):
+            a = z // p0
+            for y in range(Y):
+                b = y // p1
+                row = x[li, z, y]
+                for c in range(C2):
+                    x0 = c * p2
+                    x1 = min(x0 + p2, X)
+                    s = np.int64(0)
+                    q = np.int64(0)
+                    for xx in range(x0, x1):
+                        v = np.int64(row[xx])
+                        s += v
+                        q += v * v
+                    s_out[li, a, b, c] += s
+                    q_out[li, a, b, c] += q

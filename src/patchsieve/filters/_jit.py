@@ -163,27 +163,34 @@ def _vmax(a, b, out):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def max_coverage_stack(g, p1, p2, n1, n2, k, out):  # pragma: no cover - compiled
+    """:func:`max_coverage_stack_ws` with freshly allocated work arrays."""
+    D, Y, X = g.shape
+    m = D * 2 * p1 * 2 * p2
+    max_coverage_stack_ws(
+        g, p1, p2, n1, n2, k, out, np.empty_like(g), np.empty_like(g),
+        np.empty((D, 2 * p1, X), g.dtype), np.empty((D, 2 * p1, X), g.dtype),
+        np.empty((D, 2 * p1, X), g.dtype), np.empty(m, g.dtype), np.empty(m, np.int64),
+        np.empty(m, np.int32),
+    )
+
+
+@njit(cache=True, nogil=True)
+def max_coverage_stack_ws(g, p1, p2, n1, n2, k, out, pre, suf, hrow, hpre, hsuf, vals, cnts,
+                          bins):  # pragma: no cover - compiled
     """Max-coverage value of every region of a stack ``g`` (D, (n1+1)*p1, (n2+1)*p2).
 
     ``D`` is the (already filtered) extent of the regions along a leading axis (1 in 2D).
     Region ``(a, b)`` covers rows ``[a*p1, a*p1 + 2p1)`` and columns ``[b*p2, b*p2 + 2p2)``;
     the size-``p`` max filter is clipped to the region (= scipy's reflect mode there) and
-    ``out[a, b]`` receives the ``k``-th largest filtered value.
+    ``out[a, b]`` receives the ``k``-th largest filtered value. The work arrays: ``pre``,
+    ``suf`` like ``g``; ``hrow``, ``hpre``, ``hsuf`` (D, 2p1, X) of g's dtype; ``vals``,
+    ``cnts`` (int64), ``bins`` (int32) of ``D*2p1*2p2`` entries.
     """
     D, Y, X = g.shape
     h1 = p1 // 2
     h2 = p2 // 2
     R1 = 2 * p1
-    R2 = 2 * p2
-    pre = np.empty_like(g)
-    suf = np.empty_like(g)
     _cell_prefix_suffix_rows(g, p1, pre, suf)
-    hrow = np.empty((D, R1, X), g.dtype)
-    hpre = np.empty((D, R1, X), g.dtype)
-    hsuf = np.empty((D, R1, X), g.dtype)
-    vals = np.empty(D * R1 * R2, g.dtype)
-    cnts = np.empty(D * R1 * R2, np.int64)
-    bins = np.empty(D * R1 * R2, np.int32)
     for a in range(n1):
         r0 = a * p1
         r1 = r0 + p1
@@ -491,3 +498,46 @@ def cell_int_sums(x, p0, p1, p2, s_out, q_out):  # pragma: no cover - compiled
                         q += v * v
                     s_out[li, a, b, c] += s
                     q_out[li, a, b, c] += q
+
+
+@njit(cache=True, nogil=True)
+def z_clipped_max_profiles(x, p, out, pre, suf):  # pragma: no cover - compiled
+    """Size-``p`` max filter along axis 0 of ``x`` (Z, Y, X), clipped to each region.
+
+    ``out`` (n, 2p, Yp, Xp) float32: region ``g`` covers rows ``[g*p, g*p + 2p)`` of ``x``
+    zero-padded (or cropped) to ``((n+1)*p, Yp, Xp)``. The window of local row ``i`` is
+    ``[i - p//2, i - p//2 + p - 1]`` clipped to the region (scipy's reflect mode there);
+    prefix/suffix maxima per cell of ``p`` rows (van Herk / Gil-Werman) give every window.
+    ``pre``/``suf`` are float32 work arrays ``((n+1)*p, Xp)`` (one y row at a time).
+    """
+    n, R, Yp, Xp = out.shape
+    Z, Y, X = x.shape
+    h = p // 2
+    Zp = (n + 1) * p
+    m = min(X, Xp)
+    for y in range(Yp):
+        for z in range(Zp):
+            r = pre[z]
+            if z < Z and y < Y:
+                for xx in range(m):
+                    r[xx] = np.float32(x[z, y, xx])
+                for xx in range(m, Xp):
+                    r[xx] = 0.0
+            else:
+                r[:] = 0.0
+        suf[:] = pre
+        for c0 in range(0, Zp, p):
+            for z in range(c0 + 1, c0 + p):
+                _vmax(pre[z - 1], pre[z], pre[z])
+            for z in range(c0 + p - 2, c0 - 1, -1):
+                _vmax(suf[z + 1], suf[z], suf[z])
+        for g in range(n):
+            A = g * p
+            B = A + p
+            for i in range(h):
+                out[g, i, y] = pre[A + p - h - 1 + i]
+            out[g, h, y] = suf[A]
+            for i in range(h + 1, p + h):
+                _vmax(suf[A + i - h], pre[B + i - h - 1], out[g, i, y])
+            for i in range(p + h, 2 * p):
+                out[g, i, y] = suf[B + i - h - p]

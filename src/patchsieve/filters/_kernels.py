@@ -16,6 +16,7 @@ non-empty); they return float64 arrays ``(L, *n)``.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Literal
 
@@ -258,9 +259,9 @@ def region_max_coverage(
     ``-inf`` (ignored by the max) and only in-image pixels are ranked.
     """
     nd = len(patch_size)
-    slab = np.asarray(slab, dtype=np.float32)
     if border == "careamics" and _jit.AVAILABLE:
         return _max_coverage_jit(slab, patch_size, n, coverage)
+    slab = np.asarray(slab, dtype=np.float32)
     fill = 0.0 if border == "careamics" else -np.inf
     f = padded_cells(slab, patch_size, n, fill)
     for ax, p in enumerate(patch_size):
@@ -298,22 +299,48 @@ def _max_coverage_jit(
 ) -> NDArray[np.float64]:
     """numba path of :func:`region_max_coverage` (zero padding): the leading spatial axis
     of 3D data is filtered with numpy, the last two by :func:`_jit.max_coverage_stack`."""
-    x = padded_cells(np.ascontiguousarray(slab, dtype=np.float32), patch_size, n, 0.0)
     k = coverage_rank(coverage, _region_size(patch_size))
-    L = x.shape[0]
+    L = slab.shape[0]
     out = np.empty((L, *n), dtype=np.float64)
     p1, p2 = patch_size[-2], patch_size[-1]
     n1, n2 = n[-2], n[-1]
     if len(patch_size) == 2:
+        x = padded_cells(np.ascontiguousarray(slab, dtype=np.float32), patch_size, n, 0.0)
         for i in range(L):
             _jit.max_coverage_stack(x[i][None], p1, p2, n1, n2, k, out[i])
         return out
-    z = _clipped_max_profiles(x, 1, patch_size[0])  # (L, nz, 2p0, Y, X)
+    # z filter straight from the slab's dtype into the zero-padded float32 stacks; the
+    # large work arrays are reused per thread (fresh pages of big arrays are costly)
+    p0 = patch_size[0]
+    Yp, Xp = (n1 + 1) * p1, (n2 + 1) * p2
+    f32 = np.float32
+    z = _scratch("z", (n[0], 2 * p0, Yp, Xp), f32)
+    zpre = _scratch("zpre", ((n[0] + 1) * p0, Xp), f32)
+    zsuf = _scratch("zsuf", ((n[0] + 1) * p0, Xp), f32)
+    D, R1, m = 2 * p0, 2 * p1, 2 * p0 * 2 * p1 * 2 * p2
+    ws = (
+        _scratch("pre", (D, Yp, Xp), f32), _scratch("suf", (D, Yp, Xp), f32),
+        _scratch("hrow", (D, R1, Xp), f32), _scratch("hpre", (D, R1, Xp), f32),
+        _scratch("hsuf", (D, R1, Xp), f32), _scratch("vals", (m,), f32),
+        _scratch("cnts", (m,), np.int64), _scratch("bins", (m,), np.int32),
+    )
     for i in range(L):
+        _jit.z_clipped_max_profiles(np.ascontiguousarray(slab[i]), p0, z, zpre, zsuf)
         for gz in range(n[0]):
-            g = np.ascontiguousarray(z[i, gz])
-            _jit.max_coverage_stack(g, p1, p2, n1, n2, k, out[i, gz])
+            _jit.max_coverage_stack_ws(z[gz], p1, p2, n1, n2, k, out[i, gz], *ws)
     return out
+
+
+_WORK = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> NDArray[np.generic]:
+    """A per-thread work array (contents undefined), kept while its shape is reused."""
+    bufs = _WORK.__dict__.setdefault("bufs", {})
+    a = bufs.get(name)
+    if a is None or a.shape != shape or a.dtype != dtype:
+        a = bufs[name] = np.empty(shape, dtype)
+    return a
 
 
 def _region_windows_bool(m: NDArray[np.bool_], axis: int, p: int) -> NDArray[np.bool_]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -364,9 +365,66 @@ def _block_task(
     **kwargs: Any,
 ) -> NDArray[np.float64]:
     """Assemble a block from its storage chunks, cut its pixels and compute its stats."""
-    block = np.block(parts) if isinstance(parts, list) else np.asarray(parts)
-    block = block[(Ellipsis, *local)]
-    return _block_stats(block, n=n, origin=origin, **kwargs)
+    return _block_stats(_assemble(parts, local), n=n, origin=origin, **kwargs)
+
+
+_WORK = threading.local()
+
+
+def _assemble(parts: Any, local: tuple[slice, ...]) -> np.ndarray:
+    """The pixels ``local`` of the nested-list block of chunks ``parts``.
+
+    A single chunk is cut without a copy; neighbour chunks are copied, only where ``local``
+    reaches them, into a per-thread buffer reused by the next block of the same shape
+    (the stats do not keep it; fresh pages of large arrays are costly).
+    """
+    if not isinstance(parts, list):
+        return np.asarray(parts)[(Ellipsis, *local)]
+    nd = len(local)
+    leaves: list[tuple[tuple[int, ...], np.ndarray]] = []
+
+    def walk(p: Any, idx: tuple[int, ...]) -> None:
+        if isinstance(p, list):
+            for i, q in enumerate(p):
+                walk(q, (*idx, i))
+        else:
+            leaves.append((idx, np.asarray(p)))
+
+    walk(parts, ())
+    if len(leaves) == 1:
+        return leaves[0][1][(Ellipsis, *local)]
+    depth = len(leaves[0][0])
+    if depth > nd:  # nesting beyond the cut axes: np.block's general rules
+        return np.block(parts)[(Ellipsis, *local)]
+    # as np.block: the nesting levels concatenate the trailing axes
+    leaves = [((0,) * (nd - depth) + idx, arr) for idx, arr in leaves]
+    first = leaves[0][1]
+    lead = first.shape[: first.ndim - nd]
+    sizes: list[dict[int, int]] = [{} for _ in range(nd)]
+    for idx, arr in leaves:
+        for a in range(nd):
+            sizes[a].setdefault(idx[a], arr.shape[first.ndim - nd + a])
+    offsets = [np.concatenate([[0], np.cumsum([s[i] for i in range(len(s))])]) for s in sizes]
+    bounds = [(sl.start or 0, sl.stop) for sl in local]
+    shape = (*lead, *(hi - lo for lo, hi in bounds))
+    bufs = _WORK.__dict__.setdefault("bufs", {})
+    key = (shape, first.dtype)
+    out = bufs.get("block")
+    if out is None or (out.shape, out.dtype) != key:
+        out = bufs["block"] = np.empty(shape, first.dtype)
+    for idx, arr in leaves:
+        src, dst = [], []
+        for a in range(nd):
+            o = int(offsets[a][idx[a]])
+            lo = max(bounds[a][0], o)
+            hi = min(bounds[a][1], o + arr.shape[first.ndim - nd + a])
+            if hi <= lo:
+                break
+            src.append(slice(lo - o, hi - o))
+            dst.append(slice(lo - bounds[a][0], hi - bounds[a][0]))
+        else:
+            out[(Ellipsis, *dst)] = arr[(Ellipsis, *src)]
+    return out
 
 
 # --------------------------------------------------------------------------- decisions

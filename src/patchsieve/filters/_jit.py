@@ -79,9 +79,17 @@ def _select_kth_largest_weighted(vals, cnts, m, k, lo, hi, bins):  # pragma: no 
         b -= 1
     r = k - cum
     nb = 0
+    first = -1
+    same = True
     for i in range(m):
         if bins[i] == b:
             nb += 1
+            if first < 0:
+                first = i
+            elif vals[i] != vals[first]:
+                same = False
+    if same:  # one value in the bin (integer data): it is the k-th largest
+        return vals[first]
     sel_v = np.empty(nb, vals.dtype)
     sel_c = np.empty(nb, np.int64)
     j = 0

@@ -549,3 +549,43 @@ def z_clipped_max_profiles(x, p, out, pre, suf):  # pragma: no cover - compiled
                 _vmax(suf[A + i - h], pre[B + i - h - 1], out[g, i, y])
             for i in range(p + h, 2 * p):
                 out[g, i, y] = suf[B + i - h - p]
+
+
+@njit(cache=True, nogil=True)
+def cell_moments_int(x, p0, p1, p2, C0, C1, C2, careamics, n_out, s_out, m2_out):  # pragma: no cover
+    """:func:`cell_moments` for small-integer ``x`` (|value| < 2**16): one pass of exact
+    int64 sums of values and squares per cell; ``M2 = sumsq - sum**2 / count`` with its
+    integer part ``sumsq - (sum // count) * sum`` exact."""
+    L, Z, Y, X = x.shape
+    full = p0 * p1 * p2
+    for li in range(L):
+        for a in range(C0):
+            z0 = a * p0
+            z1 = min(z0 + p0, Z)
+            for b in range(C1):
+                y0 = b * p1
+                y1 = min(y0 + p1, Y)
+                for c in range(C2):
+                    x0 = c * p2
+                    x1 = min(x0 + p2, X)
+                    n = max(z1 - z0, 0) * max(y1 - y0, 0) * max(x1 - x0, 0)
+                    s = np.int64(0)
+                    q = np.int64(0)
+                    for z in range(z0, z1):
+                        for y in range(y0, y1):
+                            row = x[li, z, y]
+                            for xx in range(x0, x1):
+                                v = np.int64(row[xx])
+                                s += v
+                                q += v * v
+                    cnt = full if careamics else n
+                    if cnt > 0:
+                        qd = s // cnt
+                        r = s - qd * cnt
+                        m2 = np.float64(q - qd * s) - np.float64(r) * np.float64(s) / cnt
+                        m2 = max(m2, 0.0)
+                    else:
+                        m2 = 0.0
+                    n_out[li, a, b, c] = cnt
+                    s_out[li, a, b, c] = s
+                    m2_out[li, a, b, c] = m2

@@ -143,7 +143,8 @@ def _mean_std_jit(slab, patch_size, n, border: Border):
     cnt = np.empty(shape)
     s = np.empty(shape)
     m2 = np.empty(shape)
-    _jit.cell_moments(x, *ps3, *cshape, border == "careamics", cnt, s, m2)
+    kern = _jit.cell_moments_int if small_int else _jit.cell_moments
+    kern(x, *ps3, *cshape, border == "careamics", cnt, s, m2)
     if nd == 2:
         cnt, s, m2 = cnt[:, 0], s[:, 0], m2[:, 0]
     n_r = _combine_cells(cnt)

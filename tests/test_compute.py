@@ -140,6 +140,7 @@ def test_threshold_change_reuses_stats(tmp_path, client, stack, caplog):
     before = {k: v.copy() for k, v in a.stats.items()}
     n_bg_a = int(a.filter_out("shannon").sum())
     caplog.set_level("INFO", logger="patchsieve.compute")
+    caplog.clear()  # only what the second run logs
     b = compute(src, _shannon(8.0), (32, 32), out, client=client)
     assert not any("blocks to compute" in r.message for r in caplog.records)
     for k, v in b.stats.items():

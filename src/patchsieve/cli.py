@@ -26,6 +26,21 @@ logger = logging.getLogger("patchsieve")
 FILTER_CHOICES = ("max", "mean_std", "meanstd", "shannon", "mask")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (safe across repeated invocations)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"patchsieve {__version__}")
@@ -43,8 +58,12 @@ def _main(
     """patchsieve: score regions, persist a side-car, stream weighted patches."""
     level = logging.WARNING if quiet else (logging.INFO if verbose == 1 else
                                            logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
-                        force=True)
+    root = logging.getLogger()
+    if not root.handlers:  # embedding apps / pytest keep their own handlers
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
     import distributed  # noqa: F401 - configures its loggers on import; override them after
 
     for noisy in ("distributed", "werkzeug", "botocore", "aiobotocore", "s3fs", "fsspec"):

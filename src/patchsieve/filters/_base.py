@@ -317,3 +317,12 @@ def stat_values(stats: Mapping[str, ArrayLike], name: str) -> NDArray[np.float64
             "region_stats(..., stats=stat_names(config, ndim))."
         )
     return np.asarray(stats[name], dtype=np.float64)
+
+
+def apply_threshold(filter_map: ArrayLike, threshold: float, ties: str) -> NDArray[np.bool_]:
+    """The one-threshold ``apply_filter`` shared by Max, Shannon and Mask: ``filter_map > threshold``
+    (CAREamics drops at equality; ``ties="keep"`` keeps)."""
+    thr = check_threshold("threshold", threshold)
+    if thr is None:  # pragma: no cover - check_threshold rejects None here
+        raise ConfigError("threshold is required; got None.")
+    return keep_mask(filter_map, thr, check_ties(ties), strict_default=True)

@@ -14,6 +14,7 @@ from patchsieve.config import MaxPatchFilterConfig, resolve_coverage
 from patchsieve.filters._base import (
     Border,
     Ties,
+    apply_threshold,
     as_image,
     as_patch,
     check_border,
@@ -22,7 +23,6 @@ from patchsieve.filters._base import (
     check_ties,
     expand_region_values,
     image_stats,
-    keep_mask,
     max_stat_name,
 )
 
@@ -157,9 +157,7 @@ class MaxPatchFilter:
         filter_map: ArrayLike, threshold: float, *, ties: Ties = "careamics"
     ) -> NDArray[np.bool_]:
         """Keep-mask ``filter_map > threshold`` (``>=`` with ``ties="keep"``)."""
-        thr = check_threshold("threshold", threshold)
-        assert thr is not None
-        return keep_mask(filter_map, thr, check_ties(ties), strict_default=True)
+        return apply_threshold(filter_map, threshold, ties)
 
     @staticmethod
     def plot_filter_map(

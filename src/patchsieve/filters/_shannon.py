@@ -14,6 +14,7 @@ from patchsieve.errors import ConfigError
 from patchsieve.filters._base import (
     Border,
     Ties,
+    apply_threshold,
     as_image,
     as_patch,
     check_border,
@@ -104,9 +105,7 @@ class ShannonPatchFilter:
         filter_map: ArrayLike, threshold: float, *, ties: Ties = "careamics"
     ) -> NDArray[np.bool_]:
         """Keep-mask ``filter_map > threshold`` (``>=`` with ``ties="keep"``)."""
-        thr = check_threshold("threshold", threshold)
-        assert thr is not None
-        return keep_mask(filter_map, thr, check_ties(ties), strict_default=True)
+        return apply_threshold(filter_map, threshold, ties)
 
     @staticmethod
     def plot_filter_map(

@@ -29,7 +29,12 @@ CLI::
 
     python benchmarks/data.py list                 # what is cached, sizes, free disk
     python benchmarks/data.py make hagen2d vol3d   # generate (no-op when cached)
+    python benchmarks/data.py make large-ram --workers 1   # (alias: ensure) fewer threads
     python benchmarks/data.py delete large-16g     # or: delete --all
+
+The out-of-core benchmarks (``make bench-large``) use ``large-ram``: :func:`disk_problem`
+checks the free disk before generating it and :func:`offer_delete` prints the exact delete
+command afterwards (and asks, when stdin is a terminal).
 """
 
 from __future__ import annotations
@@ -362,6 +367,76 @@ def check_disk(spec: Spec, cache: str | os.PathLike | None = None) -> None:
             f"delete --all) or point PATCHSIEVE_BENCH_CACHE at a larger disk")
 
 
+def disk_problem(spec: str | Spec, cache: str | os.PathLike | None = None) -> str | None:
+    """Why ``spec`` cannot be generated here (too little free disk), or None.
+
+    None as well when the dataset is already cached (nothing to write).
+    """
+    spec = _resolve(spec)
+    if cached(spec, cache) is not None:
+        return None
+    try:
+        check_disk(spec, cache)
+    except InsufficientDiskError as exc:
+        return str(exc)
+    return None
+
+
+def delete_command(name: str, cache: str | os.PathLike | None = None) -> str:
+    """The exact shell command that deletes dataset ``name`` from ``cache``."""
+    cmd = f"python benchmarks/data.py delete {name}"
+    if cache is not None and Path(cache).resolve() != cache_dir(None).resolve():
+        cmd = f"python benchmarks/data.py --cache {cache} delete {name}"
+    return cmd
+
+
+def offer_delete(names: list[str], cache: str | os.PathLike | None = None, *,
+                 interactive: bool | None = None, ask: Any = input,
+                 out: Any = print) -> list[str]:
+    """Say how much disk the cached ``names`` use and how to delete them; ask on a terminal.
+
+    Parameters
+    ----------
+    names : list of str
+        Dataset names (e.g. ``["large-ram"]``); those not cached are ignored.
+    cache : path, optional
+        Cache folder (see :func:`cache_dir`).
+    interactive : bool, optional
+        Prompt for deletion; default: only when stdin is a TTY (never in CI or under nohup).
+    ask, out : callable
+        ``input``/``print`` replacements (tests).
+
+    Returns
+    -------
+    list of str
+        What was deleted (empty unless the user answered yes).
+    """
+    if interactive is None:
+        try:
+            interactive = sys.stdin is not None and sys.stdin.isatty()
+        except (ValueError, OSError):
+            interactive = False
+    removed: list[str] = []
+    for name in names:
+        root = cache_dir(cache) / name
+        if not root.is_dir():
+            continue
+        size = dir_size(root)
+        cmd = delete_command(name, cache)
+        out(f"dataset {name!r} keeps {size / 1e9:.1f} GB of disk at {root} (reused by the next "
+            f"run); delete it with: {cmd}")
+        if not interactive:
+            continue
+        try:
+            answer = ask(f"Delete {name} now ({size / 1e9:.1f} GB)? [y/N] ")
+        except EOFError:
+            answer = ""
+        if str(answer).strip().lower() in ("y", "yes"):
+            removed += delete(name, cache)
+            out(f"removed: {', '.join(removed) or 'nothing'}")
+    return removed
+
+
 def _resolve(spec: str | Spec) -> Spec:
     if isinstance(spec, Spec):
         return spec
@@ -555,14 +630,16 @@ _GENERATORS = {"hagen2d": _gen_hagen2d, "vol3d": _gen_vol3d, "large": _gen_large
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    """``python benchmarks/data.py {list,make,delete} ...``."""
+    """``python benchmarks/data.py {list,make|ensure,delete} ...``."""
     ap = argparse.ArgumentParser(description="patchsieve benchmark data cache")
     ap.add_argument("--cache", help="cache folder (default .bench-cache or "
                                     "$PATCHSIEVE_BENCH_CACHE)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="show datasets, cached or not, and free disk")
-    mk = sub.add_parser("make", help="generate datasets (no-op when cached)")
+    mk = sub.add_parser("make", aliases=["ensure"], help="generate datasets (no-op when cached)")
     mk.add_argument("names", nargs="+", choices=sorted(SPECS))
+    mk.add_argument("--workers", type=int, default=None,
+                    help="generator threads for large volumes (default: CPU count)")
     dl = sub.add_parser("delete", help="delete cached datasets")
     dl.add_argument("names", nargs="*")
     dl.add_argument("--all", action="store_true", help="delete the whole cache content")
@@ -576,11 +653,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"  {r['description']}")
         probe = root if root.exists() else root.parent
         print(f"cache: {root}  free disk: {shutil.disk_usage(probe).free / 1e9:.1f} GB")
-    elif args.cmd == "make":
+    elif args.cmd in ("make", "ensure"):
         for name in args.names:
             t0 = time.perf_counter()
             try:
-                ds = ensure(name, root)
+                ds = ensure(name, root, workers=args.workers)
             except InsufficientDiskError as exc:
                 print(f"SKIP {name}: {exc}")
                 continue

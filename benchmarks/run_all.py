@@ -12,6 +12,12 @@ Each script writes ``benchmarks/results/<name>.json`` whose ``summary`` rows (se
 ready to paste into BENCHMARKS.md. A total time budget (``--budget-min``) bounds the run: each
 script gets what is left, and scripts not started in time are reported as skipped. Creating the
 CAREamics and peer virtualenvs (``--setup-venvs``) is outside the budget.
+
+``--large`` runs the out-of-core set (:data:`LARGE_SET`: ``bench_large.py``) on the one large
+cached volume ``large-ram`` (30 GiB, more than this machine's RAM): it checks the free disk
+first (and skips with a message when it is too small), generates the volume once into the cache
+outside the time budget, and at the end prints the exact command that deletes it (asking first
+when stdin is a terminal). The default run leaves the out-of-core scripts out.
 """
 
 from __future__ import annotations
@@ -31,15 +37,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as H  # noqa: E402
 
+NO_OFFER_ENV = "PATCHSIEVE_BENCH_NO_DELETE_OFFER"  # as in bench_large.py
+
 BENCH_DIR = H.BENCH_DIR
+#: benchmarks run by ``--large`` (the out-of-core set); the default run leaves them out.
+#: ``--only NAME --large`` still runs another script's own ``--large`` mode.
+LARGE_SET = ("large",)
+#: the large cached volume of the out-of-core set (``benchmarks/data.py``)
+LARGE_VOLUME = "large-ram"
 
 
-def discover(only: list[str] | None = None) -> list[Path]:
+def discover(only: list[str] | None = None, large: bool | None = None) -> list[Path]:
     """The ``bench_*.py`` scripts, sorted; ``only`` filters by name (``baselines`` or
-    ``bench_baselines``)."""
+    ``bench_baselines``).
+
+    Without ``only``, ``large=True`` keeps the out-of-core set (:data:`LARGE_SET`) and
+    ``large=False`` leaves it out; ``large=None`` lists every script.
+    """
     scripts = sorted(BENCH_DIR.glob("bench_*.py"))
     if not only:
-        return scripts
+        if large is None:
+            return scripts
+        return [p for p in scripts if (p.stem.removeprefix("bench_") in LARGE_SET) == large]
     wanted = {o.removeprefix("bench_").removesuffix(".py") for item in only
               for o in item.split(",") if o}
     known = {p.stem.removeprefix("bench_") for p in scripts}
@@ -113,6 +132,29 @@ def run_script(script: Path, args: list[str], timeout: float) -> dict[str, Any]:
         status = f"failed (exit {rc})"
     print(f"=== {script.name}: {status} in {wall:.0f} s (log: {log_path})", flush=True)
     return {"script": script.name, "status": status, "wall_s": wall, "log": str(log_path)}
+
+
+def prepare_large(cache: str | None = None) -> str | None:
+    """Check the disk and generate :data:`LARGE_VOLUME` once (outside the time budget).
+
+    Returns None when the volume is ready, else the reason it is not (printed by the caller).
+    """
+    import data as D
+
+    problem = D.disk_problem(LARGE_VOLUME, cache)
+    if problem:
+        return problem
+    t0 = time.perf_counter()
+    was = D.cached(LARGE_VOLUME, cache) is not None
+    print(f"=== {LARGE_VOLUME}: {'cached' if was else 'generating once into the cache'} "
+          f"({D.cache_dir(cache)})", flush=True)
+    try:
+        ds = D.ensure(LARGE_VOLUME, cache)
+    except D.InsufficientDiskError as exc:
+        return str(exc)
+    print(f"=== {LARGE_VOLUME}: ready in {time.perf_counter() - t0:.0f} s, "
+          f"{D.dir_size(ds.root) / 1e9:.1f} GB on disk", flush=True)
+    return None
 
 
 def setup_venvs() -> None:
@@ -190,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", help="benchmark name(s), e.g. baselines")
     ap.add_argument("--large", action="store_true", help="the out-of-core set")
     ap.add_argument("--quick", action="store_true", help="small inputs (smoke run)")
-    ap.add_argument("--budget-min", type=float, default=30.0, help="total time budget (min)")
+    ap.add_argument("--budget-min", type=float, default=None,
+                    help="total time budget (min; default 30, 120 with --large)")
+    ap.add_argument("--cache", default=None, help="data cache (default .bench-cache or "
+                                                  "$PATCHSIEVE_BENCH_CACHE)")
     ap.add_argument("--results", default=None, help="results folder")
     ap.add_argument("--setup-venvs", action="store_true",
                     help="create the CAREamics and peer venvs first (not timed)")
@@ -198,17 +243,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args, passthrough = ap.parse_known_args(argv)
     results = Path(args.results or os.environ.get("PATCHSIEVE_BENCH_RESULTS") or H.RESULTS_DIR)
-    scripts = discover(args.only)
+    scripts = discover(args.only, None if args.summary_only else args.large)
     if args.list:
         print("\n".join(p.stem.removeprefix("bench_") for p in scripts))
         return 0
+    if args.cache:
+        os.environ["PATCHSIEVE_BENCH_CACHE"] = str(args.cache)  # the scripts' data cache too
+    budget_min = args.budget_min if args.budget_min is not None else (
+        120.0 if args.large else 30.0)
     runs: list[dict[str, Any]] = []
+    large_problem = None
     if not args.summary_only:
         if args.setup_venvs:
             setup_venvs()
-        deadline = time.perf_counter() + args.budget_min * 60
+        if args.large and not args.quick:
+            os.environ[NO_OFFER_ENV] = "1"  # the scripts print, run_all offers once at the end
+            large_problem = prepare_large(args.cache)
+            if large_problem:
+                print(f"SKIP the out-of-core set: {large_problem}", flush=True)
+        deadline = time.perf_counter() + budget_min * 60
         for script in scripts:
             left = deadline - time.perf_counter()
+            if large_problem:
+                runs.append({"script": script.name, "status": "skipped (disk)", "wall_s": 0.0})
+                continue
             if left < 10:
                 runs.append({"script": script.name, "status": "skipped (budget)", "wall_s": 0.0})
                 continue
@@ -224,7 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     out = results / "summary.md"
     out.write_text(render_summary(docs, runs, cmd))
     print(f"\nwrote {out}")
-    bad = [r for r in runs if r["status"] not in ("ok", "skipped (no --large mode)")]
+    if args.large and not args.quick and not args.summary_only and not large_problem:
+        import data as D
+
+        D.offer_delete([LARGE_VOLUME], args.cache)
+    bad = [r for r in runs if r["status"] not in ("ok", "skipped (no --large mode)",
+                                                  "skipped (disk)")]
     for r in bad:
         print(f"!! {r['script']}: {r['status']}")
     return 1 if bad else 0

@@ -63,6 +63,84 @@ PREFETCH_AHEAD = 3  # distinct upcoming chunks decoded ahead of the patch being 
 
 
 # --------------------------------------------------------------------------- chunk reader
+class _RawChunks:
+    """Whole-chunk decoding of plain local Zarr arrays without zarr's async codec pipeline.
+
+    Applies only to arrays on a local store with a regular chunk grid, C order, native byte
+    order and at most one compressor (zstd, blosc, gzip; zarr v2: any numcodecs compressor and
+    no filters). A chunk file is read and decoded directly with numcodecs, about 1.6x faster
+    than ``array[chunk slice]`` here. Anything else (sharding, transposes, filters, missing
+    chunks, remote stores) is left to zarr: :meth:`build` returns None or :meth:`read` None.
+    """
+
+    def __init__(self, root: str, chunk_key: Callable[[tuple[int, ...]], str], decode: Any,
+                 dtype: np.dtype, chunk_shape: tuple[int, ...]):
+        self.root, self.chunk_key, self.decode = root, chunk_key, decode
+        self.dtype, self.chunk_shape = dtype, chunk_shape
+        self.nbytes = int(np.prod(chunk_shape)) * dtype.itemsize
+
+    @classmethod
+    def build(cls, arr: Any) -> _RawChunks | None:
+        """The fast reader of ``arr`` (a ``zarr.Array``), or None where zarr must decode."""
+        import sys
+
+        try:
+            from zarr.storage import LocalStore
+
+            store, meta = arr.store_path.store, arr.metadata
+            dtype = np.dtype(arr.dtype)
+            if not isinstance(store, LocalStore) or dtype.kind not in "biuf" or dtype.hasobject:
+                return None
+            if dtype.itemsize > 1 and (sys.byteorder != "little" or dtype.byteorder == ">"):
+                return None
+            chunk_shape = tuple(int(c) for c in arr.chunks)
+            if meta.zarr_format == 3:
+                from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
+                from zarr.core.chunk_grids import RegularChunkGrid
+
+                if not isinstance(meta.chunk_grid, RegularChunkGrid):
+                    return None
+                codecs = list(meta.codecs)
+                if not codecs or type(codecs[0]) is not BytesCodec:
+                    return None
+                endian = getattr(codecs[0].endian, "value", codecs[0].endian)
+                if dtype.itemsize > 1 and endian not in (None, "little"):
+                    return None
+                import numcodecs
+
+                known = {ZstdCodec: numcodecs.Zstd, BloscCodec: numcodecs.Blosc, GzipCodec: numcodecs.GZip}
+                if len(codecs) == 1:
+                    decode = None
+                elif len(codecs) == 2 and type(codecs[1]) in known:
+                    decode = known[type(codecs[1])]().decode
+                else:
+                    return None
+            elif meta.zarr_format == 2:
+                if meta.filters or getattr(meta, "order", "C") != "C":
+                    return None
+                decode = meta.compressor.decode if meta.compressor is not None else None
+            else:
+                return None
+            root = os.path.join(str(store.root), arr.store_path.path)
+            return cls(root, meta.encode_chunk_key, decode, dtype, chunk_shape)
+        except Exception as err:  # any unexpected layout: zarr decodes
+            logger.debug("raw chunk decoding unavailable (%s); zarr decodes", err)
+            return None
+
+    def read(self, key: tuple[int, ...]) -> np.ndarray | None:
+        """The whole decoded chunk ``key`` (read-only), or None (absent / unexpected size)."""
+        try:
+            with open(os.path.join(self.root, self.chunk_key(key)), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None  # zarr knows the fill value
+        buf = self.decode(data) if self.decode is not None else data
+        flat = np.frombuffer(buf, dtype=self.dtype)
+        if flat.size * self.dtype.itemsize != self.nbytes:
+            return None
+        return flat.reshape(self.chunk_shape)
+
+
 class _ChunkReader:
     """Reads patches from a zarr (or numpy) array through an LRU cache of decoded chunks.
 
@@ -82,6 +160,7 @@ class _ChunkReader:
         dims: Sequence[str] = (),
     ):
         self.url, self.array_path, self.dims = url, array_path, tuple(dims)
+        self.fast_decode = True
         self.storage_options = dict(storage_options or {})
         self.shape = tuple(int(n) for n in shape)
         self._chunks = tuple(int(c) for c in chunks) if chunks else None
@@ -93,18 +172,30 @@ class _ChunkReader:
         self._cached = 0
         self._pool: Any = None
         self._pending: dict[tuple[int, ...], Any] = {}
+        self._raw: _RawChunks | None = None
+        # future accesses of the current iteration (Belady eviction): key -> sorted positions
+        self._future: dict[tuple[int, ...], np.ndarray] | None = None
+        self.now = 0
         self.hits = self.misses = self.bytes_read = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_arr=None, _pid=None, _cache=OrderedDict(), _cached=0, _pool=None, _pending={})
+        state.update(
+            _arr=None, _pid=None, _cache=OrderedDict(), _cached=0, _pool=None, _pending={}, _raw=None,
+            _future=None,
+        )
         return state
 
     def _fetch(self, key: tuple[int, ...]) -> np.ndarray:
         sl = tuple(
             slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.shape, strict=True)
         )
-        return np.asarray(self.array()[sl])
+        arr = self.array()
+        if self._raw is not None:
+            block = self._raw.read(key)
+            if block is not None:  # edge chunks are stored whole: keep the in-bounds part
+                return block[tuple(slice(0, s.stop - s.start) for s in sl)]
+        return np.asarray(arr[sl])
 
     def prefetch(self, key: tuple[int, ...]) -> None:
         """Start decoding ``key`` in a background thread (codecs release the GIL)."""
@@ -128,6 +219,7 @@ class _ChunkReader:
             self._cache.clear()
             self._cached = 0
             self._pool, self._pending = None, {}  # threads do not survive fork
+            self._raw = _RawChunks.build(self._arr) if self.fast_decode else None
             if tuple(self._arr.shape) != self.shape:
                 raise SidecarMismatchError(
                     f"array {self.array_path!r} of {self.url!r} has shape {self._arr.shape}; the "
@@ -151,13 +243,63 @@ class _ChunkReader:
         pending = self._pending.pop(key, None)
         block = pending.result() if pending is not None else self._fetch(key)
         self.bytes_read += block.nbytes
-        if block.nbytes <= self.cache_bytes:
+        if self._future is not None:
+            self._insert_belady(key, block)
+        elif block.nbytes <= self.cache_bytes:
             self._cache[key] = block
             self._cached += block.nbytes
             while self._cached > self.cache_bytes:
                 _, old = self._cache.popitem(last=False)
                 self._cached -= old.nbytes
         return block
+
+    def plan(self, future: dict[tuple[int, ...], np.ndarray] | None) -> None:
+        """Announce the accesses of the coming iteration: ``future[key]`` holds the sorted
+        positions (values of :attr:`now`) that read chunk ``key``. The cache then evicts the
+        chunk needed furthest ahead (Belady's rule) and keeps none that is not needed again,
+        so a chunk is decoded about once per pass whatever the order. None: plain LRU."""
+        self._future, self.now = future, 0
+
+    def _next_use(self, key: tuple[int, ...]) -> float:
+        uses = self._future.get(key) if self._future is not None else None
+        if uses is None:
+            return float("inf")
+        j = int(np.searchsorted(uses, self.now, side="left"))
+        return float(uses[j]) if j < len(uses) else float("inf")
+
+    def _insert_belady(self, key: tuple[int, ...], block: np.ndarray) -> None:
+        if block.nbytes > self.cache_bytes or self._next_use(key) == float("inf"):
+            return
+        self._cache[key] = block
+        self._cached += block.nbytes
+        while self._cached > self.cache_bytes:
+            victim = max(self._cache, key=self._next_use)
+            self._cached -= self._cache.pop(victim).nbytes
+
+    def read_into(
+        self, lo: Sequence[int], hi: Sequence[int], out: np.ndarray, is_sample: Sequence[bool]
+    ) -> None:
+        """Write the box ``[lo, hi)`` into ``out`` chunk by chunk (no intermediate copy).
+
+        ``out`` has the box's dims without those flagged in ``is_sample`` (extent 1 there);
+        values are cast to ``out.dtype``.
+        """
+        if self._arr is None or self._pid != os.getpid():
+            self.array()
+        ch = self.chunks
+        ranges = [range(a // c, (b - 1) // c + 1) for a, b, c in zip(lo, hi, ch, strict=True)]
+        for k in itertools.product(*ranges):
+            block = self._chunk(k)
+            src, dst = [], []
+            for d, kk in enumerate(k):
+                start = kk * ch[d]
+                a, b = max(lo[d], start), min(hi[d], start + block.shape[d])
+                if is_sample[d]:
+                    src.append(a - start)
+                else:
+                    src.append(slice(a - start, b - start))
+                    dst.append(slice(a - lo[d], b - lo[d]))
+            out[tuple(dst)] = block[tuple(src)]
 
     def read(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
         """The box ``[lo, hi)`` (all dims), assembled from cached chunks (may be a view)."""
@@ -187,6 +329,34 @@ class _ChunkReader:
 
 
 # --------------------------------------------------------------------------- helpers
+def _future_uses(first: np.ndarray, last: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
+    """Chunk key -> sorted positions of the boxes (rows) that touch it.
+
+    ``first`` and ``last`` are ``(n, ndim)`` chunk coordinates of each box's first and last
+    voxel.
+    """
+    n, nd = first.shape
+    if n == 0:
+        return {}
+    span = last - first + 1
+    pos_parts, key_parts = [], []
+    for off in itertools.product(*[range(int(m)) for m in span.max(axis=0)]):
+        o = np.asarray(off, np.int64)
+        sel = np.flatnonzero((o < span).all(axis=1))
+        pos_parts.append(sel)
+        key_parts.append(first[sel] + o)
+    pos = np.concatenate(pos_parts)
+    keys = np.concatenate(key_parts)
+    order = np.lexsort((pos, *keys.T[::-1]))
+    keys, pos = keys[order], pos[order]
+    cut = np.flatnonzero((keys[1:] != keys[:-1]).any(axis=1)) + 1
+    starts = np.concatenate([[0], cut])
+    return {
+        tuple(k): p
+        for k, p in zip(keys[starts].tolist(), np.split(pos, cut), strict=True)
+    }
+
+
 def _open_array(url: str | None, path: str, storage_options: Mapping[str, Any]) -> Any:
     """Open a zarr array read-only with zarr/fsspec only (light: workers skip dask/xarray)."""
     import zarr
@@ -312,12 +482,24 @@ class PatchDataset(IterableDataset):
         Client for the filter pass when it runs.
     sidecar_timeout : float
         Seconds non-zero ranks wait for rank 0's side-car.
+    batch_size : int, optional
+        Collate batches inside the dataset (in the DataLoader worker): every patch is cut
+        straight into its slot of a preallocated float32 batch, which saves a copy and the
+        per-patch tensors. The batches equal those of ``DataLoader(batch_size=batch_size)``
+        over the per-patch dataset (same patches, same order, same values; each worker batches
+        its own shard). Use with :meth:`loader` / :class:`PatchLoader` (they pass
+        ``batch_size=None`` to the DataLoader). Default None: single patches.
+    drop_last : bool
+        With ``batch_size``: drop each worker's last short batch (as the DataLoader's
+        ``drop_last`` does).
 
     Notes
     -----
-    ``len(dataset)`` is the number of patches of this rank per epoch. Iterating yields
-    ``x`` (a float32 tensor ``(C, [Z,] Y, X)``), ``(x, y)`` with a target, plus ``meta`` last
-    when ``return_metadata``.
+    ``len(dataset)`` is the number of patches of this rank per epoch (also with
+    ``batch_size``). Iterating yields ``x`` (a float32 tensor ``(C, [Z,] Y, X)``), ``(x, y)``
+    with a target, plus ``meta`` last when ``return_metadata``; with ``batch_size`` a batch
+    ``(B, C, [Z,] Y, X)`` or a list ``[x, y(, meta)]`` whose ``meta`` holds one tensor per key,
+    as ``default_collate`` returns them.
     """
 
     def __init__(
@@ -347,8 +529,19 @@ class PatchDataset(IterableDataset):
         level: int = 0,
         client: Any = None,
         sidecar_timeout: float = 3600.0,
+        batch_size: int | None = None,
+        drop_last: bool = False,
     ):
         super().__init__()
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+        ):
+            raise ConfigError(
+                f"batch_size must be a positive integer or None; got {batch_size!r}. Fix: e.g. "
+                "batch_size=64 (batches collated in the dataset), or None for single patches."
+            )
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.drop_last = bool(drop_last)
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}; got {mode!r}.")
         for pname, pval in (("shuffle_window", shuffle_window), ("cache_bytes", cache_bytes)):
@@ -788,6 +981,18 @@ class PatchDataset(IterableDataset):
         cuts = [self._prepare(self._reader, self.channels, todo)]
         if self._target_reader is not None:
             cuts.append(self._prepare(self._target_reader, self.target_channels, todo))
+        if self.batch_size is not None:
+            for b0 in range(0, len(todo), self.batch_size):
+                b1 = min(b0 + self.batch_size, len(todo))
+                if self.drop_last and b1 - b0 < self.batch_size:
+                    break
+                batch = self._load_batch(todo, cuts, b0, b1)
+                self._record(slot, b1)
+                if info is None:
+                    self._main_position += b1 - b0
+                yield batch
+            self._record(slot, len(shard) - start)
+            return
         origins = todo["origin"].tolist()
         for i, entry in enumerate(todo):
             item = self._load(entry, [c(i) for c in cuts], origins[i])
@@ -797,6 +1002,55 @@ class PatchDataset(IterableDataset):
                 self._main_position += 1
             yield item
         self._record(slot, len(shard) - start)
+
+    def _load_batch(
+        self, todo: np.ndarray, cuts: Sequence[Callable[..., np.ndarray]], b0: int, b1: int
+    ) -> Any:
+        """Patches ``b0:b1`` of ``todo`` cut straight into one batch, as ``default_collate``
+        would stack the per-patch items (same values, dtypes and structure)."""
+        outs = []
+        for cut in cuts:
+            first = cut(b0)
+            out = np.empty((b1 - b0, *first.shape), np.float32)
+            out[0] = first
+            for i in range(b0 + 1, b1):
+                cut(i, out[i - b0])
+            outs.append(out)
+        x = outs[0]
+        y = outs[1] if len(outs) > 1 else None
+        if self.transform is None:
+            if self._norm is not None:
+                x -= self._norm[0]
+                x /= self._norm[1]
+        else:
+            for k in range(b1 - b0):
+                xk = x[k]
+                if self._norm is not None:
+                    xk = (xk - self._norm[0]) / self._norm[1]
+                res = self.transform(xk, y[k] if y is not None else None)
+                if not isinstance(res, tuple) or len(res) != 2:
+                    raise ConfigError(
+                        f"transform must return (x, y) (y None without a target); got "
+                        f"{type(res).__name__}. Fix: return both arrays, e.g. `return x, y`."
+                    )
+                x[k] = res[0]
+                if y is not None:
+                    y[k] = res[1]
+        items: list[Any] = [torch.from_numpy(x)]
+        if y is not None:
+            items.append(torch.from_numpy(y))
+        if self.return_metadata:
+            part = todo[b0:b1]
+            items.append(
+                {
+                    "sample": torch.from_numpy(part["sample"].astype(np.int64)),
+                    "origin": torch.from_numpy(np.ascontiguousarray(part["origin"], dtype=np.int64)),
+                    "region": torch.from_numpy(part["region"].astype(np.int64)),
+                    "weight": torch.from_numpy(part["weight"].astype(np.float64)),
+                    "is_background": torch.from_numpy(part["background"].astype(bool)),
+                }
+            )
+        return items[0] if len(items) == 1 else items
 
     def _counters(self) -> np.ndarray:
         r, t = self._reader, self._target_reader
@@ -817,8 +1071,14 @@ class PatchDataset(IterableDataset):
 
     def _prepare(
         self, reader: _ChunkReader, chans: Sequence[int], todo: np.ndarray
-    ) -> Callable[[int], np.ndarray]:
-        """Vectorised box geometry of every patch of ``todo``; returns ``cut(i) -> patch``."""
+    ) -> Callable[..., np.ndarray]:
+        """Vectorised box geometry of every patch of ``todo``; returns ``cut(i, out=None)``.
+
+        ``cut`` writes patch ``i`` as float32 ``(C, [Z,] Y, X)`` into ``out`` (e.g. a slot of a
+        batch) or into a new array, and returns it. Patches inside one chunk are cast straight
+        from the cached block; patches straddling chunks are assembled piece by piece into the
+        output.
+        """
         dims = reader.dims
         n = len(todo)
         lo = np.empty((n, len(dims)), np.int64)
@@ -838,6 +1098,8 @@ class PatchDataset(IterableDataset):
         csel = [c - min(chans) for c in chans] if "c" in kept else None
         if csel is not None and csel == list(range(size[dims.index("c")])):
             csel = None
+        inv = np.argsort(perm).tolist() if perm is not None else None
+        out_shape = (len(chans), *self.patch_size)
         sizes = size.tolist()
         if reader._numpy is not None:
             c0, loc, single = lo.tolist(), lo.tolist(), [True] * n
@@ -849,38 +1111,49 @@ class PatchDataset(IterableDataset):
             single = ((lo + size - 1) // ch == c0a).all(axis=1).tolist()
             loc, c0 = (lo - c0a * ch).tolist(), c0a.tolist()
             blocks = reader._chunk
+            reader.plan(_future_uses(c0a, (lo + size - 1) // ch))
         los = lo.tolist()
         nd = len(dims)
         # upcoming distinct chunks in execution order, decoded ahead in background threads
-        run_start = [i for i in range(n) if i == 0 or c0[i] != c0[i - 1]]
-        run_keys = [tuple(c0[i]) for i in run_start]
-        run_of = np.repeat(np.arange(len(run_start)), np.diff([*run_start, n])).tolist()
-        ahead = [0]
         prefetch = reader._numpy is None and PREFETCH_AHEAD > 0
+        if prefetch:
+            first = np.ones(n, bool)
+            if n:
+                first[1:] = (c0a[1:] != c0a[:-1]).any(axis=1)
+            run_start = np.flatnonzero(first)
+            run_keys = [tuple(k) for k in c0a[run_start].tolist()]
+            run_of = (np.cumsum(first) - 1).tolist()
+        ahead = [0]
 
-        def cut(i: int) -> np.ndarray:
+        def cut(i: int, out: np.ndarray | None = None) -> np.ndarray:
+            if out is None:
+                out = np.empty(out_shape, np.float32)
+            reader.now = i
             if prefetch:
                 stop = min(run_of[i] + 1 + PREFETCH_AHEAD, len(run_keys))
                 while ahead[0] < stop:
                     reader.prefetch(run_keys[ahead[0]])
                     ahead[0] += 1
             if single[i]:
-                block = blocks(tuple(c0[i]))
                 li = loc[i]
-                box = block[
+                box = blocks(tuple(c0[i]))[
                     tuple(li[j] if is_sample[j] else slice(li[j], li[j] + sizes[j]) for j in range(nd))
                 ]
+            elif perm is None or csel is None:  # assemble straight into the output
+                a = los[i]
+                view = out[0] if perm is None else out.transpose(inv)
+                reader.read_into(a, [a[j] + sizes[j] for j in range(nd)], view, is_sample)
+                return out
             else:
                 a = los[i]
                 box = reader.read(a, [a[j] + sizes[j] for j in range(nd)])
                 box = box[tuple(0 if is_sample[j] else slice(None) for j in range(nd))]
-            if perm is not None:
+            if perm is None:
+                out[0] = box
+            else:
                 box = box.transpose(perm)
-                if csel is not None:
-                    box = box[csel]
-            # always a fresh array: the box may be a view of a cached chunk or the user's array
-            out = np.array(box, dtype=np.float32, order="C", copy=True)
-            return out if perm is not None else out[None]
+                out[...] = box[csel] if csel is not None else box
+            return out
 
         return cut
 
@@ -998,6 +1271,19 @@ class PatchLoader(DataLoader):
         for bad in ("shuffle", "sampler", "batch_sampler"):
             if kwargs.get(bad):
                 raise ConfigError(f"{bad} does not apply: PatchDataset plans and shuffles itself.")
+        if dataset.batch_size is not None:
+            bs = kwargs.pop("batch_size", None)
+            if bs is not None and int(bs) != dataset.batch_size:
+                raise ConfigError(
+                    f"the dataset collates batches of batch_size={dataset.batch_size}; the loader "
+                    f"got batch_size={bs}. Fix: pass the batch size to one of them only."
+                )
+            if kwargs.pop("drop_last", dataset.drop_last) != dataset.drop_last:
+                raise ConfigError(
+                    f"the dataset batches with drop_last={dataset.drop_last}; pass drop_last to "
+                    "the dataset only."
+                )
+            kwargs["batch_size"] = None
         super().__init__(dataset, **kwargs)
         self._iterated = False
         self._epoch_seen = dataset.epoch
@@ -1016,19 +1302,26 @@ class PatchLoader(DataLoader):
             self._batches += 1
             yield batch
 
+    def _batching(self) -> tuple[int, bool]:
+        """(batch size, drop_last) of the batches this loader yields."""
+        ds = self.dataset
+        if ds.batch_size is not None:
+            return ds.batch_size, ds.drop_last
+        return self.batch_size or 1, bool(self.drop_last)
+
     def __len__(self) -> int:
         """Batches per epoch: every worker batches its own shard (the last one may be short)."""
-        bs = self.batch_size or 1
+        bs, drop_last = self._batching()
         sizes = np.asarray(self.dataset.shard_sizes(self.num_workers))
-        return int((sizes // bs).sum() if self.drop_last else (-(-sizes // bs)).sum())
+        return int((sizes // bs).sum() if drop_last else (-(-sizes // bs)).sum())
 
     def state_dict(self) -> dict[str, Any]:
         """Exact resume state after the batches consumed so far in this epoch."""
         ds = self.dataset
         sizes = ds.shard_sizes(self.num_workers)
         remaining = [s - b for s, b in zip(sizes, self._base, strict=True)]
-        bs = self.batch_size or 1
-        done = worker_positions_from_batches(self._batches, remaining, bs, drop_last=self.drop_last)
+        bs, drop_last = self._batching()
+        done = worker_positions_from_batches(self._batches, remaining, bs, drop_last=drop_last)
         return {
             "seed": ds.seed,
             "mode": ds.mode,

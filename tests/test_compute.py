@@ -316,3 +316,43 @@ def test_demo_datasets_equal_numpy_filters(tmp_path, client):
                                   _regions_filter_out(vol, MaxPatchFilter(thr, 0.125), ps))
     np.testing.assert_array_equal(sc3.filter_out("ms")[0],
                                   _regions_filter_out(vol, MeanStdPatchFilter(thr, 10.0), ps))
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+@pytest.mark.parametrize("border", ["careamics", "valid"])
+def test_cell_statistics_equal_region_blocks(tmp_path, client, dtype, border):
+    """MeanStd and Mask stats come from the cell partials (no region-block pass) and equal
+    region_stats bit for bit; Shannon still runs on region blocks in the same pass."""
+    import dask.array as da
+    import xarray as xr
+
+    from patchsieve import compute
+    from patchsieve.config import MaskPatchFilterConfig, MeanStdPatchFilterConfig
+    from patchsieve.regions import region_stats
+
+    rng = np.random.default_rng(7)
+    data = rng.poisson(40, size=(2, 19, 70, 90)).astype(dtype)
+    data[:, 1, 5:30, 10:60] += 500
+    mask = (rng.random((19, 70, 90)) > 0.5).astype(np.uint8)
+    src = write_zarr(tmp_path / "v.zarr", data, ("c", "z", "y", "x"), (1, 8, 32, 48))
+    mpath = write_zarr(tmp_path / "m.zarr", mask, ("z", "y", "x"), (8, 32, 48))
+    out = tmp_path / "o.patchsieve.zarr"
+    cfgs = {"ms": MeanStdPatchFilterConfig(mean_threshold=50.0, std_threshold=5.0, ref_channel=1),
+            "mask": MaskPatchFilterConfig(coverage=0.5, mask=mpath),
+            "sh": _shannon(2.0).model_copy(update={"ref_channel": 1})}
+    ps = (4, 16, 16)
+    compute(src, cfgs, ps, out, client=client, border=border)
+    g = zarr.open_group(str(out), mode="r")
+    vol = xr.DataArray(da.from_array(data, chunks=(1, 8, 32, 48)), dims=("c", "z", "y", "x"))
+    want = region_stats(vol, ps, ["mean", "std", "entropy", "mask_coverage"], ref_channel=1,
+                        mask=xr.DataArray(mask, dims=("z", "y", "x")), border=border).compute()
+    for stat in ("mean", "std", "entropy", "mask_coverage"):
+        np.testing.assert_array_equal(np.asarray(g[f"stats/{stat}"][...]), want[stat].values,
+                                      err_msg=stat)
+    markers = sorted(k for k in g["progress"].array_keys())
+    assert len([k for k in markers if k.startswith("progress/stats") or k.startswith("stats")]) == 1
+    assert "cells" in g and "mask_nonzero" in g["cells"]
+    assert ("ref_m2" in g["cells"]) == (dtype == "float32")
+    status = g.attrs["patchsieve"]["status"]
+    assert status["cells/mask"] == "complete"
+    assert (status.get("cells/moments") == "complete") == (dtype == "float32")

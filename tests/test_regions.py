@@ -236,3 +236,82 @@ def test_filter_map_from_stats_equals_filter_map():
     for s in range(2):
         np.testing.assert_allclose(fm[s], MeanStdPatchFilter.filter_map(arr[s], (16, 16))[0],
                                    rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- cell statistics
+def _random_case(rng, kind, nd):
+    from patchsieve.regions import cell_int_sums  # noqa: F401  (import check)
+
+    ps = tuple(int(v) for v in rng.integers(1, 6, nd))
+    shape = tuple(max(p, int(p * rng.integers(1, 5) + rng.integers(0, p + 1))) for p in ps)
+    n = int(rng.integers(1, 3))
+    full = (n, *shape)
+    if kind == "uint16":
+        x = rng.integers(0, 65535, full).astype(np.uint16)
+    elif kind == "int16":
+        x = rng.integers(-30000, 30000, full).astype(np.int16)
+    elif kind == "uint8":
+        x = rng.integers(0, 256, full).astype(np.uint8)
+    elif kind == "float32":
+        x = (rng.standard_normal(full) * 100 + 1e4).astype(np.float32)
+    else:
+        x = rng.standard_normal(full) * 3
+    return ps, shape, x
+
+
+@pytest.mark.parametrize("kind", ["uint16", "int16", "uint8", "float32", "float64"])
+@pytest.mark.parametrize("border", ["careamics", "valid"])
+def test_regions_from_cells_equal_region_stats_bit_for_bit(kind, border):
+    """mean/std/mask coverage derived from whole-image cell partials equal the region blocks'."""
+    from patchsieve.regions import (
+        cell_int_sums,
+        cell_moments,
+        cell_stats_supported,
+        regions_from_cells,
+    )
+
+    rng = np.random.default_rng(abs(hash((kind, border))) % 2**32)
+    for _ in range(8):
+        nd = int(rng.choice([2, 3]))
+        ps, shape, x = _random_case(rng, kind, nd)
+        dims = ("s", "z", "y", "x")[:1] + ("z", "y", "x")[3 - nd:]
+        m = (rng.random(x.shape) > 0.6).astype(np.uint8)
+        chunks = (1, *(2 * p for p in ps))
+        ds = region_stats(_vol(x, dims, chunks), ps, ["mean", "std", "mask_coverage"],
+                          mask=_vol(m, dims, chunks), border=border).compute()
+        s, m2 = cell_moments(x, ps, border)
+        nz, _ = cell_int_sums(m, ps)
+        cells = {"sum": s, "m2": m2, "nonzero": nz}
+        for stat in ("mean", "std", "mask_coverage"):
+            if not cell_stats_supported(stat, x.dtype):
+                continue
+            got = regions_from_cells(stat, cells, patch_size=ps, spatial_shape=shape,
+                                     grid_shape=ds.attrs["grid_shape"], border=border)
+            np.testing.assert_array_equal(got, ds[stat].values, err_msg=f"{stat} {ps} {shape}")
+
+
+def test_cell_moments_are_chunking_independent():
+    """Cells computed block by block (cell-aligned) equal the whole-image cells."""
+    from patchsieve.regions import cell_moments, moments_from_sums
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4000, (2, 37, 53)).astype(np.uint16)
+    ps = (8, 8)
+    s, m2 = cell_moments(x, ps)
+    s_blk, m2_blk = cell_moments(x[:, 16:, :24], ps)
+    np.testing.assert_array_equal(s_blk, s[:, 2:, :3])
+    np.testing.assert_array_equal(m2_blk, m2[:, 2:, :3])
+    # valid border: partial cells count only in-image pixels
+    s_v, m2_v = cell_moments(x, ps, "valid")
+    q = (x.astype(np.int64) ** 2)[:, :32, :48].reshape(2, 4, 8, 6, 8).sum(axis=(2, 4))
+    np.testing.assert_array_equal(
+        m2_v[:, :4, :6], moments_from_sums(s_v[:, :4, :6].astype(np.int64), q, ps, (32, 48), "valid"))
+    assert np.all(m2_v >= 0)
+
+
+def test_regions_from_cells_rejects_other_stats():
+    from patchsieve.regions import regions_from_cells
+
+    with pytest.raises(ConfigError, match="not a cell statistic"):
+        regions_from_cells("entropy", {}, patch_size=(4, 4), spatial_shape=(8, 8),
+                           grid_shape=(2, 2))

@@ -6,9 +6,11 @@ the reference channel and writes everything a sampler needs to a Zarr side-car (
 
 How it stays out-of-core and resumable
 --------------------------------------
-* The graph is built once from :func:`patchsieve.regions.region_stats` (region statistics, one value
-  per region, read chunk by chunk with a one-patch halo) and from per-cell partial sums of every
-  channel (normalisation statistics). Each output block is tiny (one value per 2**ndim patches).
+* The graph is built once from :func:`patchsieve.regions.region_stats` (the statistics that need
+  overlapping regions, Max and Shannon: read chunk by chunk with a one-patch halo) and from per-cell
+  partials of cell-aligned blocks (sums of every channel for normalisation, plus what MeanStd and
+  Mask need: their region values are exact functions of the cells and are derived from them at the
+  end, without a halo). Each output block is tiny (one value per patch-sized cell or region).
 * Only blocks whose progress marker is unset are computed: the graph is culled to the keys of the
   missing blocks, so a restarted run reads only the data those blocks need.
 * Workers never write to the side-car: results come back to the client, which writes them and then
@@ -305,42 +307,56 @@ def _percentile_sample(block: np.ndarray, seed: int, n: int, channel_axis: int |
 
 
 class _Plan:
-    """What to compute: region-stat blocks, cell blocks and percentile chunks, with their keys."""
+    """What to compute: region-stat blocks, cell blocks and percentile chunks, with their keys.
 
-    def __init__(self, volume: Any, geom: Mapping[str, Any], stats: Sequence[str],
-                 configs: Mapping[str, Any], border: str, seed: int,
+    ``region_todo`` are the statistics that need overlapping region blocks (one patch of halo);
+    ``cell_sets`` the per-cell partials to compute in one pass over cell-aligned blocks: ``"base"``
+    (sum, sum of squares of every channel), ``"moments"`` (the reference channel's MeanStd cell
+    moments, for float data) and ``"mask"`` (non-zero counts of the mask).
+    """
+
+    def __init__(self, volume: Any, geom: Mapping[str, Any], region_todo: Sequence[str],
+                 cell_sets: Sequence[str], configs: Mapping[str, Any], border: str, seed: int,
                  storage_options: Mapping[str, Any] | None):
         import dask.array as da
 
+        from patchsieve.grid import region_chunks
         from patchsieve.regions import region_stats
 
         self.geom = geom
-        self.stats = list(stats)
+        self.stats = list(region_todo)
+        self.cell_sets = list(cell_sets)
         mask = None
         mask_cfgs = [c for c in configs.values() if c.name == "mask"]
-        if mask_cfgs:
+        if mask_cfgs and ("mask_coverage" in self.stats or "mask" in self.cell_sets):
             mask = _open_mask(mask_cfgs[0], volume, storage_options)
-        ds = region_stats(volume, geom["patch_size"], self.stats,
-                          ref_channel=geom["ref_channel"], mask=mask, border=border)
-        arrays = []
-        for s in self.stats:
-            a = ds[s]
-            order = [d for d in (*geom["sample_dims"], *[f"region_{d}" for d in geom["spatial_dims"]])]
-            a = a.transpose(*order).data.astype(np.float64)
-            arrays.append(a)
-        # regular chunks (the side-car's zarr chunks): rechunk to the first chunk size per axis
-        chunks0 = tuple(c[0] for c in arrays[0].chunks)
-        arrays = [a.rechunk(chunks0) for a in arrays]
-        self.stat_chunks = chunks0
-        self.stat_blocks = da.map_blocks(
-            _pack_blocks, *arrays, dtype=object, chunks=tuple((1,) * len(c) for c in arrays[0].chunks),
-            meta=np.empty((0,) * arrays[0].ndim, dtype=object),
-        )
-        self.stat_numblocks = arrays[0].numblocks
-        # per-cell partial sums of all channels, over a cell-aligned rechunk of the volume
         data = volume.data
         dims = list(volume.dims)
+        self.dims = dims
         ps = [geom["patch_size"][d] for d in geom["spatial_dims"]]
+        # the side-car's region chunks: the first region block per axis
+        chunk_of = dict(zip(dims, (c[0] for c in data.chunks)))
+        self.stat_chunks = tuple(
+            [int(chunk_of[d]) for d in geom["sample_dims"]]
+            + [int(region_chunks(data.chunks[dims.index(d)], p, g)[0])
+               for d, p, g in zip(geom["spatial_dims"], ps, geom["grid_shape"])])
+        self.stat_blocks = None
+        self.stat_numblocks: tuple[int, ...] = ()
+        if self.stats:
+            ds = region_stats(volume, geom["patch_size"], self.stats,
+                              ref_channel=geom["ref_channel"],
+                              mask=mask if "mask_coverage" in self.stats else None, border=border)
+            order = [*geom["sample_dims"], *[f"region_{d}" for d in geom["spatial_dims"]]]
+            arrays = [ds[s].transpose(*order).data.astype(np.float64) for s in self.stats]
+            # regular chunks (the side-car's zarr chunks): rechunk to the first chunk per axis
+            arrays = [a.rechunk(self.stat_chunks) for a in arrays]
+            self.stat_blocks = da.map_blocks(
+                _pack_blocks, *arrays, dtype=object,
+                chunks=tuple((1,) * len(c) for c in arrays[0].chunks),
+                meta=np.empty((0,) * arrays[0].ndim, dtype=object),
+            )
+            self.stat_numblocks = arrays[0].numblocks
+        # per-cell partials over a cell-aligned rechunk of the volume (all channels)
         target = []
         for d, c in zip(dims, data.chunks):
             if d in geom["spatial_dims"]:
@@ -351,12 +367,21 @@ class _Plan:
             else:
                 target.append(c[0])
         self.cell_input = data.rechunk(tuple(target))
-        # move c to the front so partials have (2, c?, *sample, *cells)
-        self.dims = dims
         n_sp = len(geom["spatial_dims"])
+        c_axis = dims.index("c") if "c" in dims else None
+        args = [self.cell_input]
+        if "mask" in self.cell_sets:
+            assert mask is not None
+            m = mask.transpose(*[d for d in dims if d != "c"]).data
+            m = m.rechunk(tuple(c for d, c in zip(dims, self.cell_input.chunks) if d != "c"))
+            if c_axis is not None:
+                m = m[(slice(None),) * c_axis + (None,)]
+            args.append(m)
         self.cell_blocks = da.map_blocks(
-            _cell_block, self.cell_input, ps=tuple(ps), n_spatial=n_sp,
-            dtype=object, chunks=tuple((1,) * len(c) for c in self.cell_input.chunks),
+            _cell_block, *args, ps=tuple(ps), n_spatial=n_sp, c_axis=c_axis,
+            ref=int(geom["ref_channel"]), sets=tuple(self.cell_sets), border=border,
+            dims=tuple(dims), dtype=object,
+            chunks=tuple((1,) * len(c) for c in self.cell_input.chunks),
             meta=np.empty((0,) * self.cell_input.ndim, dtype=object),
         )
         self.cell_numblocks = self.cell_input.numblocks
@@ -373,7 +398,6 @@ class _Plan:
         rng = np.random.default_rng(seed)
         k = min(PERCENTILE_CHUNKS, total)
         picks = sorted(int(i) for i in rng.choice(total, size=k, replace=False))
-        c_axis = dims.index("c") if "c" in dims else None
         self.pct_blocks = []
         for j, flat in enumerate(picks):
             idx = tuple(int(i) for i in np.unravel_index(flat, nb))
@@ -393,9 +417,34 @@ def _pack_blocks(*blocks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _cell_block(block: np.ndarray, ps: tuple[int, ...], n_spatial: int) -> np.ndarray:
+def _cell_block(block: np.ndarray, *mask: np.ndarray, ps: tuple[int, ...], n_spatial: int,
+                c_axis: int | None, ref: int, sets: tuple[str, ...], border: str,
+                dims: tuple[str, ...], block_info: Any = None) -> np.ndarray:
+    """The cell partials of one cell-aligned block, as a 1-element object array holding a dict."""
+    from patchsieve.regions import cell_int_sums, cell_moments
+
+    res: dict[str, np.ndarray] = {}
+    if "base" in sets:
+        res["partials"] = _cell_partials(block, ps, n_spatial)
+    if "moments" in sets:
+        x = np.take(block, ref, axis=c_axis) if c_axis is not None else block
+        lead = x.shape[: x.ndim - n_spatial]
+        s, m2 = cell_moments(x, ps, border)  # type: ignore[arg-type]
+        res["ref_sum"] = s.reshape((*lead, *s.shape[1:]))
+        res["ref_m2"] = m2.reshape((*lead, *m2.shape[1:]))
+    if "mask" in sets:
+        from patchsieve.filters._base import check_mask_values
+
+        m = mask[0] if c_axis is None else np.take(mask[0], 0, axis=c_axis)
+        if m.dtype.kind != "b":
+            origin = ({d: int(lo) for d, (lo, _) in zip(dims, block_info[0]["array-location"])
+                       if d != "c"} if block_info else {})
+            check_mask_values(m, what=f"mask block at {origin}")
+        lead = m.shape[: m.ndim - n_spatial]
+        nz, _ = cell_int_sums(m != 0, ps)
+        res["nonzero"] = nz.reshape((*lead, *nz.shape[1:])).astype(np.float64)
     out = np.empty((1,) * block.ndim, dtype=object)
-    out.flat[0] = _cell_partials(block, ps, n_spatial)
+    out.flat[0] = res
     return out
 
 
@@ -669,26 +718,50 @@ def _jsonable(x: Any) -> Any:
         return json.loads(json.dumps(x, default=str))
 
 
+def _cell_plan(stats: Sequence[str], dtype: Any,
+               status: Mapping[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """Split the side-car's statistics: (region-block stats to compute, cell-derived stats to
+    derive, cell partial sets to compute)."""
+    from patchsieve.regions import cell_stats_supported
+
+    derived = [s for s in stats if cell_stats_supported(s, dtype)]
+    region_todo = [s for s in stats if s not in derived
+                   and status.get(f"stats/{s}") != "complete"]
+    derived_todo = [s for s in derived if status.get(f"stats/{s}") != "complete"]
+    need = {"base"}
+    if any(s in ("mean", "std") for s in derived_todo) and not _small_int(dtype):
+        need.add("moments")
+    if "mask_coverage" in derived_todo:
+        need.add("mask")
+    sets = [k for k in CELL_SETS if k in need and status.get(CELL_SETS[k]) != "complete"]
+    return region_todo, derived_todo, sets
+
+
+def _small_int(dtype: Any) -> bool:
+    dt = np.dtype(dtype)
+    return dt.kind in "ui" and dt.itemsize <= 2
+
+
 def _fill(writer: _Writer, client: Any, volume: Any, geom: Mapping[str, Any],
           configs: Mapping[str, Any], meta: dict[str, Any], border: str, seed: int,
           storage_options: Mapping[str, Any] | None, progress: bool, lock: _sc.SidecarLock) -> None:
-    """Compute the missing region-stat blocks, cell blocks and the percentile sample.
+    """Compute the missing region-stat blocks, cell blocks and the percentile sample, then
+    derive the cell statistics (mean, std, mask coverage) from the cell partials.
 
-    All three are submitted as one graph so each source chunk is read once.
+    All jobs are submitted as one graph so each source chunk is read once.
     """
     stats = list(meta["stats"])
     status = dict(meta.get("status", {}))
-    todo_stats = [s for s in stats if status.get(f"stats/{s}") != "complete"]
-    need_cells = status.get("cells") != "complete"
+    region_todo, derived_todo, cell_sets = _cell_plan(stats, volume.dtype, status)
     need_pct = status.get("percentiles") != "complete"
-    if not todo_stats and not need_cells and not need_pct:
+    if not region_todo and not derived_todo and not cell_sets and not need_pct:
         return
-    plan = _Plan(volume, geom, todo_stats or stats[:1], configs, border, seed, storage_options)
+    plan = _Plan(volume, geom, region_todo, cell_sets, configs, border, seed, storage_options)
     jobs: list[_Job] = []
     with _writing(writer.path):
-        if todo_stats:
-            jobs.append(_stats_job(writer, plan, geom, todo_stats, lock))
-        if need_cells:
+        if region_todo:
+            jobs.append(_stats_job(writer, plan, geom, region_todo, lock))
+        if cell_sets:
             jobs.append(_cells_job(writer, plan, geom, lock))
     samples: list[np.ndarray] = []
     if need_pct and plan.pct_blocks:
@@ -698,19 +771,54 @@ def _fill(writer: _Writer, client: Any, volume: Any, geom: Mapping[str, Any],
     with _progress_bar(progress) as p:
         _run_jobs(client, jobs, p, writer.path)
     with _writing(writer.path):
-        _record_fill(writer, meta, status, todo_stats, need_cells, need_pct, samples, plan, geom,
-                     seed)
+        for k in cell_sets:
+            status[CELL_SETS[k]] = "complete"
+        _derive_cell_stats(writer, geom, derived_todo, plan.stat_chunks, border, volume.dtype)
+        _record_fill(writer, meta, status, region_todo + derived_todo, need_pct, samples, plan,
+                     geom, seed)
+
+
+def _derive_cell_stats(writer: _Writer, geom: Mapping[str, Any], todo: Sequence[str],
+                       chunks: Sequence[int], border: str, dtype: Any) -> None:
+    """Write ``stats/<s>`` of the cell statistics from the (complete) cell partials."""
+    from patchsieve.regions import moments_from_sums, regions_from_cells
+
+    if not todo:
+        return
+    g = writer.group
+    assert g is not None
+    ref = int(geom["ref_channel"])
+    ps = [geom["patch_size"][d] for d in geom["spatial_dims"]]
+    sample_shape = list(geom["sample_shape"])
+    n_sp = len(ps)
+    cells: dict[str, np.ndarray] = {}
+    if any(s in ("mean", "std") for s in todo):
+        if _small_int(dtype):
+            # exact integer sums (stored as float64, all < 2**53)
+            s = np.asarray(g["cells/sum"][ref]).astype(np.int64)
+            q = np.asarray(g["cells/sumsq"][ref]).astype(np.int64)
+            cells["sum"] = s.astype(np.float64)
+            cells["m2"] = moments_from_sums(s, q, ps, geom["spatial_shape"], border)  # type: ignore[arg-type]
+        else:
+            cells["sum"] = np.asarray(g["cells/ref_sum"][...])
+            cells["m2"] = np.asarray(g["cells/ref_m2"][...])
+    if "mask_coverage" in todo:
+        cells["nonzero"] = np.asarray(g["cells/mask_nonzero"][...])
+    flat = {k: v.reshape((-1, *v.shape[v.ndim - n_sp:])) for k, v in cells.items()}
+    region_shape = [*sample_shape, *geom["grid_shape"]]
+    for st in todo:
+        vals = regions_from_cells(st, flat, patch_size=ps, spatial_shape=geom["spatial_shape"],
+                                  grid_shape=geom["grid_shape"], border=border)  # type: ignore[arg-type]
+        arr = writer.array(f"stats/{st}", region_shape, chunks, "float64", fill_value=np.nan)
+        arr[...] = vals.reshape(region_shape)
 
 
 def _record_fill(writer: _Writer, meta: dict[str, Any], status: dict[str, str],
-                 todo_stats: list[str], need_cells: bool, need_pct: bool,
+                 todo_stats: list[str], need_pct: bool,
                  samples: list[np.ndarray], plan: _Plan, geom: Mapping[str, Any],
                  seed: int) -> None:
-    if todo_stats:
-        for s in todo_stats:
-            status[f"stats/{s}"] = "complete"
-    if need_cells:
-        status["cells"] = "complete"
+    for s in todo_stats:
+        status[f"stats/{s}"] = "complete"
     if need_pct:
         allv = np.concatenate(samples, axis=1) if samples else np.zeros((geom["n_channels"], 0))
         pct = {f"p{q:g}": [float(np.percentile(c, q)) if c.size else float("nan") for c in allv]
@@ -758,8 +866,10 @@ class _Mirror:
     """
 
     def __init__(self, arrays: Mapping[str, zarr.Array], marker: zarr.Array,
-                 lock: _sc.SidecarLock):
+                 lock: _sc.SidecarLock, prefix: Mapping[str, int] | None = None):
         self.arrays = dict(arrays)
+        #: leading axes of an array not addressed by the block slices (e.g. channels)
+        self.prefix = {k: int((prefix or {}).get(k, 0)) for k in self.arrays}
         self.mem = {k: np.asarray(a[...]) for k, a in self.arrays.items()}
         self.marker, self.lock = marker, lock
         self.done = np.asarray(marker[...])
@@ -770,7 +880,7 @@ class _Mirror:
 
     def put(self, idx: tuple[int, ...], sl: tuple[slice, ...], values: Mapping[str, np.ndarray]) -> None:
         for k, v in values.items():
-            self.mem[k][sl] = v
+            self.mem[k][(slice(None),) * self.prefix[k] + tuple(sl)] = v
         starts = [s.start or 0 for s in sl]
         stops = [s.stop for s in sl]
         self.lo = starts if self.lo is None else [min(a, b) for a, b in zip(self.lo, starts)]
@@ -785,7 +895,8 @@ class _Mirror:
         assert self.lo is not None and self.hi is not None
         box = tuple(slice(a, b) for a, b in zip(self.lo, self.hi))
         for k, arr in self.arrays.items():
-            full = box + (slice(None),) * (arr.ndim - len(box))
+            lead = (slice(None),) * self.prefix[k]
+            full = lead + box + (slice(None),) * (arr.ndim - len(box) - len(lead))
             arr[full] = self.mem[k][full]
         for idx in self.pending:
             self.done[idx] = 1
@@ -884,31 +995,50 @@ _FLUSH_EVERY_S = 2.0
 
 
 
+#: cell partial sets -> their status key in the side-car attrs
+CELL_SETS = {"base": "cells", "moments": "cells/moments", "mask": "cells/mask"}
+
+
 def _cells_job(writer: _Writer, plan: _Plan, geom: Mapping[str, Any],
                lock: _sc.SidecarLock) -> _Job:
     n_c = geom["n_channels"]
     cshape = [n_c, *geom["sample_shape"], *geom["cell_shape"]]
     cchunks = [n_c, *plan.cell_chunks]
-    arrays = {"sum": writer.array("cells/sum", cshape, cchunks, "float64"),
-              "sumsq": writer.array("cells/sumsq", cshape, cchunks, "float64")}
-    marker = writer.array("progress/cells", plan.cell_numblocks,
+    arrays: dict[str, zarr.Array] = {}
+    if "base" in plan.cell_sets:
+        arrays["sum"] = writer.array("cells/sum", cshape, cchunks, "float64")
+        arrays["sumsq"] = writer.array("cells/sumsq", cshape, cchunks, "float64")
+    if "moments" in plan.cell_sets:
+        arrays["ref_sum"] = writer.array("cells/ref_sum", cshape[1:], cchunks[1:], "float64")
+        arrays["ref_m2"] = writer.array("cells/ref_m2", cshape[1:], cchunks[1:], "float64")
+    if "mask" in plan.cell_sets:
+        arrays["nonzero"] = writer.array("cells/mask_nonzero", cshape[1:], cchunks[1:],
+                                         "float64")
+    # one marker array per set of partials computed together
+    mkey = "progress/cells" if plan.cell_sets == ["base"] else \
+        "progress/cells_" + "_".join(plan.cell_sets)
+    marker = writer.array(mkey, plan.cell_numblocks,
                           [max(1, n) for n in plan.cell_numblocks], "uint8")
-    mirror = _Mirror(arrays, marker, lock)
+    mirror = _Mirror(arrays, marker, lock, prefix={"sum": 1, "sumsq": 1})
     todo = [tuple(int(i) for i in idx) for idx in np.argwhere(mirror.done == 0)]
     dims = plan.dims
     c_axis = dims.index("c") if "c" in dims else None
 
-    def on_cell(idx: tuple[int, ...], partial: np.ndarray) -> None:
-        # partial: (2, *block dims incl. c, *cells)
-        if c_axis is None:
-            partial = partial[:, None]
-        else:
-            partial = np.moveaxis(partial, 1 + c_axis, 1)
+    def on_cell(idx: tuple[int, ...], res: Mapping[str, np.ndarray]) -> None:
         idx_wo_c = [i for d, i in zip(dims, idx) if d != "c"]
-        sl = (slice(0, n_c),) + _block_slices(idx_wo_c, plan.cell_chunks, cshape[1:])
-        mirror.put(idx, sl, {"sum": partial[0], "sumsq": partial[1]})
+        sl = _block_slices(idx_wo_c, plan.cell_chunks, cshape[1:])
+        values: dict[str, np.ndarray] = {}
+        if "partials" in res:
+            # partial: (2, *block dims incl. c, *cells)
+            partial = res["partials"]
+            partial = partial[:, None] if c_axis is None else np.moveaxis(partial, 1 + c_axis, 1)
+            values["sum"], values["sumsq"] = partial[0], partial[1]
+        for k in ("ref_sum", "ref_m2", "nonzero"):
+            if k in res:
+                values[k] = res[k]
+        mirror.put(idx, sl, values)
 
-    return _Job("normalisation partials", plan.cell_blocks, todo, on_cell, mirror.flush)
+    return _Job("cell partials", plan.cell_blocks, todo, on_cell, mirror.flush)
 
 
 class _NullBar:

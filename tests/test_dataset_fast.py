@@ -1,0 +1,231 @@
+"""Fast paths of patchsieve.dataset: raw chunk decoding, Belady cache, in-dataset batching.
+
+Each fast path must give exactly what the plain path gives (zarr decoding, LRU cache,
+``DataLoader(batch_size=...)`` collation of single patches).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from patchsieve.compute import compute
+from patchsieve.config import MaxPatchFilterConfig
+from patchsieve.dataset import PatchDataset, _ChunkReader, _future_uses, _RawChunks
+from patchsieve.demo import write_ome_zarr
+from patchsieve.errors import ConfigError
+from patchsieve.transforms import RandomFlipRotate
+
+CFG = MaxPatchFilterConfig(threshold=200.0, coverage=0.25)
+
+
+def _data(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 60000, size=shape).astype(np.uint16)
+
+
+def _reader(path, shape, cache_bytes=1 << 30, fast=True):
+    r = _ChunkReader(str(path), "", None, shape, None, cache_bytes, dims=("z", "y", "x")[-len(shape):])
+    r.fast_decode = fast
+    return r
+
+
+# --------------------------------------------------------------------------- raw chunk decoding
+LAYOUTS = {
+    "v3-zstd": {"zarr_format": 3},
+    "v3-blosc": {"zarr_format": 3, "compressors": zarr.codecs.BloscCodec(cname="lz4")},
+    "v3-gzip": {"zarr_format": 3, "compressors": zarr.codecs.GzipCodec()},
+    "v3-raw": {"zarr_format": 3, "compressors": None},
+    "v2-zstd": {"zarr_format": 2},
+    "v2-blosc": {"zarr_format": 2, "compressors": __import__("numcodecs").Blosc()},
+    "v2-raw": {"zarr_format": 2, "compressors": None},
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("dtype", ["uint16", "float32", "uint8"])
+def test_raw_decoding_equals_zarr(tmp_path, layout, dtype):
+    shape, chunks = (5, 37, 50), (2, 16, 16)  # edge chunks on every axis
+    data = _data(shape).astype(dtype)
+    data[:2, :16, :16] = 0  # one chunk equal to the fill value: not written (absent file)
+    path = tmp_path / "a.zarr"
+    z = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, **LAYOUTS[layout])
+    z[:] = data
+    fast, slow = _reader(path, shape), _reader(path, shape, fast=False)
+    fast.array()
+    assert fast._raw is not None, "this layout should be decoded without zarr"
+    for key in itertools.product(*[range(-(-n // c)) for n, c in zip(shape, chunks, strict=True)]):
+        a, b = fast._fetch(key), slow._fetch(key)
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+        sl = tuple(slice(k * c, (k + 1) * c) for k, c in zip(key, chunks, strict=True))
+        np.testing.assert_array_equal(a, data[sl])
+
+
+def test_raw_decoding_declines_other_layouts(tmp_path):
+    shape = (8, 32, 32)
+    sharded = zarr.create_array(
+        str(tmp_path / "s.zarr"), shape=shape, chunks=(2, 8, 8), shards=(4, 16, 16), dtype="uint16"
+    )
+    sharded[:] = _data(shape)
+    assert _RawChunks.build(sharded) is None
+    big = zarr.create_array(str(tmp_path / "be.zarr"), shape=shape, chunks=(4, 16, 16), dtype=">u2",
+                            zarr_format=2)
+    big[:] = _data(shape)
+    assert _RawChunks.build(big) is None
+    r = _reader(tmp_path / "s.zarr", shape)  # still readable, by zarr
+    k = tuple(n // 2 for n in (-(-s // c) for s, c in zip(shape, r.chunks, strict=True)))
+    sl = tuple(slice(i * c, (i + 1) * c) for i, c in zip(k, r.chunks, strict=True))
+    np.testing.assert_array_equal(r._fetch(k), sharded[sl])
+    assert r._raw is None
+
+
+# --------------------------------------------------------------------------- Belady cache
+def test_future_uses_lists_every_touching_box():
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 4, size=(300, 3))
+    last = first + rng.integers(0, 3, size=(300, 3))
+    got = _future_uses(first, last)
+    want: dict[tuple[int, ...], list[int]] = {}
+    for i, (a, b) in enumerate(zip(first.tolist(), last.tolist(), strict=True)):
+        for k in itertools.product(*[range(x, y + 1) for x, y in zip(a, b, strict=True)]):
+            want.setdefault(k, []).append(i)
+    assert set(got) == set(want)
+    for k, v in want.items():
+        assert got[k].tolist() == v
+
+
+def test_belady_cache_reads_the_same_boxes_with_fewer_decodes(tmp_path):
+    shape, chunks = (16, 96, 96), (4, 16, 16)
+    data = _data(shape, 3)
+    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=shape, chunks=chunks, dtype="uint16")
+    z[:] = data
+    rng = np.random.default_rng(1)
+    size = np.array([4, 16, 16])
+    lo = rng.integers(0, np.array(shape) - size + 1, size=(400, 3))
+    ch = np.array(chunks)
+    cache = 12 * int(np.prod(chunks)) * 2  # 12 chunks of 144
+    lru, bel = _reader(tmp_path / "a.zarr", shape, cache), _reader(tmp_path / "a.zarr", shape, cache)
+    bel.plan(_future_uses(lo // ch, (lo + size - 1) // ch))
+    for i, a in enumerate(lo.tolist()):
+        hi = [x + s for x, s in zip(a, size.tolist(), strict=True)]
+        want = data[tuple(slice(x, y) for x, y in zip(a, hi, strict=True))]
+        bel.now = i
+        out = np.empty(size.tolist(), np.float32)
+        bel.read_into(a, hi, out, [False] * 3)
+        np.testing.assert_array_equal(out, want)
+        np.testing.assert_array_equal(lru.read(a, hi), want)
+        assert bel._cached <= cache
+    assert bel.misses < lru.misses
+
+
+# --------------------------------------------------------------------------- in-dataset batches
+@pytest.fixture(scope="module")
+def syx(tmp_path_factory):
+    from distributed import Client, LocalCluster
+
+    root = tmp_path_factory.mktemp("syx")
+    rng = np.random.default_rng(0)
+    data = rng.poisson(20, size=(3, 150, 200)).astype(np.uint16)
+    data[:, 37:75, 50:100] += rng.poisson(400, size=(3, 38, 50)).astype(np.uint16)
+    src = write_ome_zarr(root / "img.ome.zarr", data, "SYX", chunks=(1, 64, 64))
+    tgt = write_ome_zarr(root / "tgt.ome.zarr", (data * 2).astype(np.uint16), "SYX", chunks=(1, 50, 50))
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cl,
+        Client(cl, set_as_default=False) as c,
+    ):
+        sc = compute(src, [CFG], (32, 32), root / "img.patchsieve.zarr", client=c)
+    return src, tgt, data, sc
+
+
+def _same(a, b):
+    assert type(a) is type(b), (type(a), type(b))
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _same(a[k], b[k])
+    else:
+        assert len(a) == len(b)
+        for u, v in zip(a, b, strict=True):
+            _same(u, v)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(
+    ("num_workers", "extra"),
+    [
+        (0, {}),
+        (0, {"normalize": True}),
+        (0, {"target": "tgt", "transform": "flip"}),
+        (2, {"drop_last": True}),
+    ],
+)
+def test_dataset_batches_equal_loader_collation(syx, num_workers, extra):
+    src, tgt, _, sc = syx
+
+    def make(**kw):
+        e = dict(extra)
+        e.pop("drop_last", None)
+        if e.pop("target", None):
+            e["target"] = tgt
+        if e.pop("transform", None):
+            e["transform"] = RandomFlipRotate(seed=0)
+        return PatchDataset(src, sidecar=sc, seed=3, return_metadata=True, **e, **kw)
+
+    lkw = {"num_workers": num_workers}
+    if num_workers:
+        lkw["multiprocessing_context"] = "fork"
+    drop = bool(extra.get("drop_last"))
+    plain = make().loader(batch_size=16, drop_last=drop, **lkw)
+    batched_ds = make(batch_size=16, drop_last=drop)
+    batched = batched_ds.loader(**lkw)
+    a, b = list(plain), list(batched)
+    assert len(a) == len(b) == len(plain) == len(batched)
+    for u, v in zip(a, b, strict=True):
+        _same(u, v)
+    # direct iteration (no DataLoader) yields the same batches
+    if num_workers == 0:
+        for u, v in zip(a, make(batch_size=16, drop_last=drop), strict=True):
+            _same(u, v)
+
+
+@pytest.mark.cluster
+def test_dataset_batches_resume_mid_epoch(syx):
+    src, _, _, sc = syx
+
+    def keys(batches):
+        return [(int(s), *o.tolist()) for _, m in batches for s, o in zip(m["sample"], m["origin"],
+                                                                          strict=True)]
+
+    kw = {"num_workers": 2, "multiprocessing_context": "fork"}
+    full = keys(PatchDataset(src, sidecar=sc, seed=7, return_metadata=True, batch_size=10).loader(**kw))
+    ld = PatchDataset(src, sidecar=sc, seed=7, return_metadata=True, batch_size=10).loader(**kw)
+    it = iter(ld)
+    head = [next(it) for _ in range(5)]
+    state = ld.state_dict()
+    del it
+    ld3 = PatchDataset(src, sidecar=sc, seed=7, return_metadata=True, batch_size=10).loader(**kw)
+    ld3.load_state_dict(state)
+    assert keys(head) + keys(ld3) == full
+
+
+@pytest.mark.cluster
+def test_dataset_batch_size_errors(syx):
+    src, _, _, sc = syx
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(ConfigError, match="batch_size"):
+            PatchDataset(src, sidecar=sc, batch_size=bad)
+    ds = PatchDataset(src, sidecar=sc, batch_size=8)
+    with pytest.raises(ConfigError, match="batch_size"):
+        ds.loader(batch_size=16)
+    with pytest.raises(ConfigError, match="drop_last"):
+        ds.loader(drop_last=True)
+    assert ds.loader(batch_size=8).batch_size is None  # the same size, given twice, is fine
+    assert len(ds) == ds.sampler.epoch_length  # still patches per epoch

@@ -6,17 +6,23 @@ Measured in one run, on the cached benchmark volumes (``benchmarks/data.py``):
 - ``large-2g`` (64x4096x4096 uint16 ZYX, chunks 32x256x256 = 4 MiB), patch 16x64x64, Max
   filter (``--quick``: ``vol3d``, 2x64x512x512 CZYX, channel 1).
 
-For each: patches/s of ``PatchDataset`` at num_workers 0 and 2 (fork and spawn; worker start-up
-included and reported apart) over one full ``per_epoch`` epoch, against the baseline of one zarr
-read per patch for the same plan (median of --repeat); epoch time at num_workers 2 against the
-time to read the whole volume once with plain Dask (threads); distinct chunks per batch for the
-default shuffle window vs plan order; time to first batch (num_workers 0, completed side-car);
-optionally (``--careamics``) CAREamics' own in-memory dataset with the same filter.
+For each: patches/s of ``PatchDataset`` at num_workers 0 and 2 (fork and spawn), with single
+patches collated by the DataLoader (``loader(batch_size=64)``) and with batches collated in the
+dataset (``PatchDataset(batch_size=64)``), against the baseline of one zarr read per patch for the
+same plan (median of --repeat). Every loader runs two full ``per_epoch`` epochs with persistent
+workers: epoch 1 includes the worker start-up (reported apart as the time to its first batch),
+epoch 2 is the steady state. Epoch time at num_workers 2 against the time to read the whole
+volume once with plain Dask (threads); distinct chunks per batch for the default shuffle window
+vs plan order; time to first batch (num_workers 0, completed side-car, dataset construction
+included); peak RSS of a fresh process that builds the dataset and reads ``--rss-patches``
+patches from ``large-2g`` (2 GiB) vs ``large-16g`` (16 GiB), same patch size and filter
+(``--rss``); optionally (``--careamics``) CAREamics' own in-memory dataset with the same filter.
 
 Usage::
 
     python benchmarks/bench_dataset.py            # both volumes
     python benchmarks/bench_dataset.py --quick    # 12 slices of hagen2d, vol3d
+    python benchmarks/bench_dataset.py --rss      # + peak RSS 2 GiB vs 16 GiB volume
 """
 
 from __future__ import annotations
@@ -138,56 +144,74 @@ def bench_volume(name, ds_spec, cfg, patch, channels, args, careamics_inputs=Non
     out["dask_read_s"] = dread.median_s
 
     results, last = {}, {}
-    for nw, ctx in ((0, None), (2, "fork"), (2, "spawn")):
-        key = f"nw{nw}" + (f"_{ctx}" if ctx else "")
+    configs = [(nw, ctx, batched) for batched in (False, True)
+               for nw, ctx in ((0, None), (2, "fork"), (2, "spawn"))]
+    for nw, ctx, batched in configs:
+        key = f"nw{nw}" + (f"_{ctx}" if ctx else "") + ("_batched" if batched else "")
 
-        def run(nw=nw, ctx=ctx, key=key):
-            d = PatchDataset(url, sidecar=str(sc_path), channels=channels, seed=0)
+        def run(nw=nw, ctx=ctx, key=key, batched=batched):
+            d = PatchDataset(url, sidecar=str(sc_path), channels=channels, seed=0,
+                             batch_size=BATCH if batched else None)
             last[key] = d
-            kw = {"batch_size": BATCH, "num_workers": nw}
+            kw = {"num_workers": nw} if batched else {"batch_size": BATCH, "num_workers": nw}
             if nw:
-                kw["multiprocessing_context"] = ctx
-            return _iterate(d.loader(**kw))
+                kw.update(multiprocessing_context=ctx, persistent_workers=True)
+            loader = d.loader(**kw)
+            e1, e2 = _iterate(loader), _iterate(loader)  # the loader advances the epoch
+            del loader
+            return e1, e2
 
         t = h.median_time(run, repeat=args.repeat)
-        n, first, total = t.result
-        steady = (n - BATCH) / max(total - first, 1e-9)
+        runs = t.result  # the last run's epochs (the median is over the whole two-epoch runs)
+        (n1, first1, total1), (n2, first2, total2) = runs
         results[key] = {
-            "patches": n,
-            "epoch_s": t.median_s,
-            "patches_per_s": n / t.median_s,
-            "steady_patches_per_s": steady,
-            "first_batch_s": first,
+            "patches": n1,
+            "epoch1_s": total1,
+            "epoch2_s": total2,
+            "two_epochs_median_s": t.median_s,
+            "epoch1_patches_per_s": n1 / total1,
+            "epoch2_patches_per_s": n2 / total2,
+            "first_batch_epoch1_s": first1,
+            "first_batch_epoch2_s": first2,
+            "epoch1_after_first_batch_patches_per_s": (n1 - BATCH) / max(total1 - first1, 1e-9),
         }
-        rows.append(
-            h.summary_row(
-                f"{name} PatchDataset {key} patches/s (epoch, start-up incl.)",
-                n / t.median_s,
-                "patches/s",
-                baseline="one zarr read per patch",
-                baseline_value=base_rate,
-                target=">=10",
-            )
-        )
+        label = f"{name} {key.replace('_', ' ')}"
+        rows.append(h.summary_row(f"{label} patches/s epoch 1 (start-up incl.)", n1 / total1,
+                                  "patches/s", baseline="one zarr read per patch",
+                                  baseline_value=base_rate, target=">=10"))
+        rows.append(h.summary_row(f"{label} patches/s epoch 2 (steady)", n2 / total2, "patches/s",
+                                  baseline="one zarr read per patch", baseline_value=base_rate,
+                                  target=">=10"))
+        if nw:
+            rows.append(h.summary_row(f"{label} worker start-up (epoch 1 first batch)", first1, "s",
+                                      note="persistent workers: paid once"))
     out["loaders"] = results
-    epoch2 = results["nw2_fork"]["epoch_s"]
-    rows.append(
-        h.summary_row(
-            f"{name} epoch time nw2 (fork) / plain Dask read",
-            epoch2,
-            "s",
-            baseline="dask read whole volume",
-            baseline_value=dread.median_s,
-            target="<=2",
-            better="lower",
-        )
-    )
+    for key in ("nw2_fork", "nw2_fork_batched"):
+        for ep in (1, 2):
+            rows.append(
+                h.summary_row(
+                    f"{name} epoch {ep} time {key.replace('_', ' ')} / plain Dask read",
+                    results[key][f"epoch{ep}_s"],
+                    "s",
+                    baseline="dask read whole volume",
+                    baseline_value=dread.median_s,
+                    target="<=2",
+                    better="lower",
+                )
+            )
     out["distinct_chunks_per_batch"] = {
         "default_window": _distinct_chunks_per_batch(pds, None),
         "plan_order": _distinct_chunks_per_batch(pds, 0),
         "window_chunks": pds.window(2),
         "batch": BATCH,
     }
+    dc = out["distinct_chunks_per_batch"]
+    rows.append(h.summary_row(f"{name} distinct chunks per batch of {BATCH}, default window "
+                              f"({dc['window_chunks']} chunks)", dc["default_window"], "chunks",
+                              baseline="plan order (window 0)", baseline_value=dc["plan_order"]))
+    rows.append(h.summary_row(f"{name} time to first batch nw0 (completed side-car)",
+                              out["first_batch_s_nw0"], "s", baseline="1 s budget", baseline_value=1.0,
+                              target="<=1", better="lower"))
     out["audit"] = {k: v for k, v in last["nw2_fork"].audit().items() if k != "visits"}
     if careamics_inputs is not None and not args.no_careamics:
         res = h.run_careamics(
@@ -200,25 +224,94 @@ def bench_volume(name, ds_spec, cfg, patch, channels, args, careamics_inputs=Non
         out["careamics"] = res
         for row in (res or {}).get("phases", {}).get("dataloader", []):
             nw = row.get("num_workers")
-            ours = results["nw0"] if nw == 0 else results["nw2_fork"]
-            rows.append(
-                h.summary_row(
-                    f"{name} PatchDataset nw{nw} vs CAREamics dataset (Max filter)",
-                    ours["patches_per_s"],
-                    "patches/s",
-                    baseline="CAREamics 0.3.5 in-memory",
-                    baseline_value=row.get("patches_per_s_median"),
-                    target=">=3",
-                )
-            )
+            for batched in (False, True):
+                key = ("nw0" if nw == 0 else "nw2_fork") + ("_batched" if batched else "")
+                for ep in (1, 2):
+                    rows.append(
+                        h.summary_row(
+                            f"{name} {key.replace('_', ' ')} epoch {ep} vs CAREamics dataset nw{nw} "
+                            "(Max filter)",
+                            results[key][f"epoch{ep}_patches_per_s"],
+                            "patches/s",
+                            baseline="CAREamics 0.3.5 in-memory",
+                            baseline_value=row.get("patches_per_s_median"),
+                            target=">=3",
+                        )
+                    )
+    return rows, out
+
+
+def _rss_child(url: str, sidecar: str, n: int) -> None:
+    """Child of ``--rss``: build the dataset, read ``n`` patches at num_workers 0, print JSON."""
+    import json
+
+    from patchsieve.dataset import PatchDataset
+
+    t0 = time.perf_counter()
+    ds = PatchDataset(url, sidecar=sidecar, seed=0)
+    got, first = 0, None
+    for batch in ds.loader(batch_size=BATCH):
+        got += batch.shape[0]
+        if first is None:
+            first = time.perf_counter() - t0
+        if got >= n:
+            break
+    print(json.dumps({"patches": got, "first_batch_s": first, "total_s": time.perf_counter() - t0,
+                      "patches_per_epoch": len(ds)}))
+
+
+def bench_rss(args) -> tuple[list, dict]:
+    """Peak RSS of a fresh process reading the same number of patches from 2 vs 16 GiB."""
+    import json
+
+    from patchsieve.config import MeanStdPatchFilterConfig
+
+    cfg = MeanStdPatchFilterConfig(mean_threshold=150.0, std_threshold=20.0)
+    patch = (16, 64, 64)
+    out, peaks = {}, {}
+    for name in ("large-2g", "large-16g"):
+        ds = bench_data.ensure(bench_data.SPECS[name], args.cache)
+        sc_path = ds.root / "bench_dataset_rss_16x64x64.patchsieve.zarr"
+        _sidecar(ds, cfg, patch, sc_path)  # computed once, cached beside the data (untimed)
+        cmd = [sys.executable, __file__, "--rss-child", str(ds.zarr_path), str(sc_path),
+               str(args.rss_patches)]
+        res = h.run_with_peak_rss(cmd, timeout=1800)
+        info = json.loads(res.stdout.strip().splitlines()[-1])
+        info.update(peak_rss_mib=res.peak_rss_bytes / 2**20, gib=ds.spec.nbytes / 2**30)
+        out[name] = info
+        peaks[name] = res.peak_rss_bytes / 2**20
+    rows = [
+        h.summary_row(f"peak RSS, {args.rss_patches} patches 16x64x64 from {n} (nw0, MeanStd)",
+                      peaks[n], "MiB") for n in peaks
+    ]
+    rows.append(h.summary_row("peak RSS 16 GiB volume", peaks["large-16g"], "MiB",
+                              baseline="peak RSS 2 GiB volume", baseline_value=peaks["large-2g"],
+                              target="<=1.2", better="lower"))
+    rows.append(h.summary_row("time to first batch nw0, 16 GiB volume (completed side-car)",
+                              out["large-16g"]["first_batch_s"], "s", baseline="1 s budget",
+                              baseline_value=1.0, target="<=1", better="lower"))
     return rows, out
 
 
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--rss-child":
+        _rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
     ap = h.bench_argparser(__doc__.splitlines()[0])
     ap.add_argument("--careamics", action="store_true", help="also run CAREamics' dataloader")
+    ap.add_argument("--rss", action="store_true", help="also peak RSS 2 GiB vs 16 GiB volume")
+    ap.add_argument("--rss-only", action="store_true", help="only the peak RSS comparison")
+    ap.add_argument("--rss-patches", type=int, default=4096, help="patches read in --rss")
     args = ap.parse_args()
     threads = h.set_threads(args.threads)
+    if args.rss_only:
+        rows, rss = bench_rss(args)
+        h.print_table("bench_dataset --rss-only", rows,
+                      ["what", "value", "unit", "baseline_value", "ratio", "target", "met"])
+        print(rss)
+        print("results:", h.write_results("dataset_rss", {"threads": threads, "rss": rss,
+                                                          "summary": rows}, args.results))
+        return
     from patchsieve.config import MaxPatchFilterConfig
 
     spec2d = bench_data.SPECS["hagen2d"]
@@ -257,6 +350,9 @@ def main() -> None:
         )
     rows += r
     payload["volumes"]["3d"] = o
+    if args.rss:
+        r, payload["rss"] = bench_rss(args)
+        rows += r
     payload["summary"] = rows
     h.print_table(
         "bench_dataset", rows, ["what", "value", "unit", "baseline_value", "ratio", "target", "met"]

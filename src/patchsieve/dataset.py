@@ -59,7 +59,7 @@ __all__ = ["PatchDataset", "PatchLoader"]
 MAX_WORKERS = 64
 _STAT_FIELDS = 4  # patches, cache hits, cache misses, decoded bytes read
 PREFETCH_THREADS = 2  # background chunk decoders per reader (and process)
-PREFETCH_AHEAD = 3  # distinct upcoming chunks decoded ahead of the patch being cut
+PREFETCH_AHEAD = 3  # chunks decoded ahead, in order of first use (at most 1/4 of the cache)
 
 
 # --------------------------------------------------------------------------- chunk reader
@@ -1008,14 +1008,22 @@ class PatchDataset(IterableDataset):
     ) -> Any:
         """Patches ``b0:b1`` of ``todo`` cut straight into one batch, as ``default_collate``
         would stack the per-patch items (same values, dtypes and structure)."""
-        outs = []
+        outs, tensors = [], []
+        in_worker = get_worker_info() is not None
         for cut in cuts:
             first = cut(b0)
-            out = np.empty((b1 - b0, *first.shape), np.float32)
+            shape = (b1 - b0, *first.shape)
+            if in_worker:  # like default_collate: straight into shared memory (no copy on send)
+                t = torch.empty(shape, dtype=torch.float32).share_memory_()
+                out = t.numpy()
+            else:
+                out = np.empty(shape, np.float32)
+                t = torch.from_numpy(out)
             out[0] = first
             for i in range(b0 + 1, b1):
                 cut(i, out[i - b0])
             outs.append(out)
+            tensors.append(t)
         x = outs[0]
         y = outs[1] if len(outs) > 1 else None
         if self.transform is None:
@@ -1036,9 +1044,7 @@ class PatchDataset(IterableDataset):
                 x[k] = res[0]
                 if y is not None:
                     y[k] = res[1]
-        items: list[Any] = [torch.from_numpy(x)]
-        if y is not None:
-            items.append(torch.from_numpy(y))
+        items: list[Any] = list(tensors)
         if self.return_metadata:
             part = todo[b0:b1]
             items.append(
@@ -1111,28 +1117,29 @@ class PatchDataset(IterableDataset):
             single = ((lo + size - 1) // ch == c0a).all(axis=1).tolist()
             loc, c0 = (lo - c0a * ch).tolist(), c0a.tolist()
             blocks = reader._chunk
-            reader.plan(_future_uses(c0a, (lo + size - 1) // ch))
+            future = _future_uses(c0a, (lo + size - 1) // ch)
+            reader.plan(future)
         los = lo.tolist()
         nd = len(dims)
         # upcoming distinct chunks in execution order, decoded ahead in background threads
         prefetch = reader._numpy is None and PREFETCH_AHEAD > 0
-        if prefetch:
-            first = np.ones(n, bool)
-            if n:
-                first[1:] = (c0a[1:] != c0a[:-1]).any(axis=1)
-            run_start = np.flatnonzero(first)
-            run_keys = [tuple(k) for k in c0a[run_start].tolist()]
-            run_of = (np.cumsum(first) - 1).tolist()
-        ahead = [0]
+        if prefetch:  # every chunk the shard touches, by first use; keep `depth` decoding ahead
+            keys = sorted(future, key=lambda k: int(future[k][0]))
+            first_use = [int(future[k][0]) for k in keys]
+            chunk_bytes = int(np.prod(reader.chunks)) * np.dtype(reader.array().dtype).itemsize
+            depth = max(1, min(PREFETCH_AHEAD, reader.cache_bytes // max(4 * chunk_bytes, 1)))
+        ahead = [0, 0]  # next key to submit, first key not yet in use
 
         def cut(i: int, out: np.ndarray | None = None) -> np.ndarray:
             if out is None:
                 out = np.empty(out_shape, np.float32)
             reader.now = i
             if prefetch:
-                stop = min(run_of[i] + 1 + PREFETCH_AHEAD, len(run_keys))
+                while ahead[1] < len(keys) and first_use[ahead[1]] <= i:
+                    ahead[1] += 1
+                stop = min(ahead[1] + depth, len(keys))
                 while ahead[0] < stop:
-                    reader.prefetch(run_keys[ahead[0]])
+                    reader.prefetch(keys[ahead[0]])
                     ahead[0] += 1
             if single[i]:
                 li = loc[i]

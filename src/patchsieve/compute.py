@@ -509,7 +509,12 @@ class _Writer:
 
     def array(self, key: str, shape: Sequence[int], chunks: Sequence[int], dtype: str,
               fill_value: Any = 0) -> zarr.Array:
+        """The array ``key``, created (or recreated) with chunks that are whole multiples of
+        ``chunks`` holding up to :data:`SIDECAR_CHUNK_ELEMENTS` values: region- and cell-level
+        arrays are small, and one object per compute block would cost more to write than the
+        block costs to compute."""
         assert self.group is not None
+        chunks = _coarse_chunks(shape, chunks)
         try:
             arr = self.group[key]
             if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == tuple(chunks):
@@ -518,9 +523,27 @@ class _Writer:
             pass
         return self.group.create_array(
             key, shape=tuple(int(s) for s in shape),
-            chunks=tuple(max(1, int(c)) for c in chunks), dtype=dtype, fill_value=fill_value,
+            chunks=chunks, dtype=dtype, fill_value=fill_value,
             overwrite=True, config={"write_empty_chunks": True},
         )
+
+
+#: target number of values per chunk of the side-car's arrays
+SIDECAR_CHUNK_ELEMENTS = 1 << 20
+
+
+def _coarse_chunks(shape: Sequence[int], chunks: Sequence[int],
+                   target: int = SIDECAR_CHUNK_ELEMENTS) -> tuple[int, ...]:
+    """Grow ``chunks`` by whole multiples, last axes first, up to about ``target`` values."""
+    out = [max(1, min(int(c), int(n) if int(n) > 0 else 1)) for c, n in zip(chunks, shape)]
+    for a in reversed(range(len(out))):
+        n = max(1, int(shape[a]))
+        rest = math.prod(out) // out[a]
+        k = max(1, min(math.ceil(n / out[a]), target // max(1, rest * out[a])))
+        out[a] = min(out[a] * k, max(n, out[a]))
+        if math.prod(out) >= target:
+            break
+    return tuple(out)
 
 
 def _block_slices(idx: Sequence[int], chunks: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
@@ -895,8 +918,11 @@ class _Mirror:
         assert self.lo is not None and self.hi is not None
         box = tuple(slice(a, b) for a, b in zip(self.lo, self.hi))
         for k, arr in self.arrays.items():
-            lead = (slice(None),) * self.prefix[k]
-            full = lead + box + (slice(None),) * (arr.ndim - len(box) - len(lead))
+            # whole chunks from the in-memory copy: zarr then never reads a chunk back
+            p = self.prefix[k]
+            wide = tuple(slice((b.start // c) * c, min(n, -(-b.stop // c) * c))
+                         for b, c, n in zip(box, arr.chunks[p:], arr.shape[p:]))
+            full = (slice(None),) * p + wide + (slice(None),) * (arr.ndim - len(box) - p)
             arr[full] = self.mem[k][full]
         for idx in self.pending:
             self.done[idx] = 1
@@ -945,6 +971,7 @@ def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None
     trip each, so neighbouring blocks are returned in groups of up to 16 (a group with any
     missing block is recomputed whole: resume granularity stays small).
     """
+    import dask
     from distributed import as_completed
 
     jobs = [j for j in jobs if j.todo]
@@ -954,13 +981,19 @@ def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None
     todo_delayed: list[Any] = []
     owner: dict[Any, tuple[_Job, tuple[int, ...], tuple[int, ...]]] = {}
     tasks = {}
+    shapes, colls = [], []
     for job in jobs:
         numblocks = job.collection.numblocks
         total = math.prod(numblocks)
         g = _group_shape(numblocks, max(1, min(16, total // (8 * nthreads))))
-        coll = job.collection.rechunk(g) if math.prod(g) > 1 else job.collection
+        shapes.append(g)
+        colls.append(job.collection.rechunk(g) if math.prod(g) > 1 else job.collection)
+    # optimise the jobs together: optimised one by one, a chunk read shared by two jobs would be
+    # fused into each job's task and read twice
+    colls = list(dask.optimize(*colls))
+    for job, g, coll in zip(jobs, shapes, colls):
         # per-group delayed objects of one optimised graph; computing a subset culls the rest
-        groups = coll.to_delayed(optimize_graph=True)
+        groups = coll.to_delayed(optimize_graph=False)
         todo_groups = sorted({tuple(i // k for i, k in zip(idx, g)) for idx in job.todo})
         for gidx in todo_groups:
             d = groups[gidx]

@@ -229,3 +229,19 @@ def test_dataset_batch_size_errors(syx):
         ds.loader(drop_last=True)
     assert ds.loader(batch_size=8).batch_size is None  # the same size, given twice, is fine
     assert len(ds) == ds.sampler.epoch_length  # still patches per epoch
+
+
+@pytest.mark.cluster
+def test_lightning_module_collates_in_the_dataset(syx):
+    pytest.importorskip("lightning")
+    from patchsieve.lightning import PatchDataModule
+
+    src, _, _, sc = syx
+    kw = {"sidecar": sc, "batch_size": 8, "return_metadata": True, "seed": 2}
+    fast = PatchDataModule(src, **kw)
+    plain = PatchDataModule(src, collate_in_dataset=False, **kw)
+    lf, lp = fast.train_dataloader(), plain.train_dataloader()
+    assert fast.train_dataset.batch_size == 8 and plain.train_dataset.batch_size is None
+    assert len(lf) == len(lp)
+    for u, v in zip(lf, lp, strict=True):
+        _same(u, v)

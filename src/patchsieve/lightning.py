@@ -58,6 +58,9 @@ class PatchDataModule(pl.LightningDataModule):
     val_kwargs : mapping, optional
         Keyword arguments of a validation :class:`PatchDataset` (its own ``source``, ...);
         no validation loader when omitted.
+    collate_in_dataset : bool
+        Collate batches inside the datasets (``PatchDataset(batch_size=batch_size)``): the same
+        batches as the DataLoader's collation, with fewer copies. Default True.
     **dataset_kwargs
         Keyword arguments of the training :class:`PatchDataset` (``patch_size``,
         ``patch_filter_config``, ``sidecar``, ``target``, ``mode``, ``seed`` ...).
@@ -73,6 +76,7 @@ class PatchDataModule(pl.LightningDataModule):
         persistent_workers: bool | None = None,
         pin_memory: bool = False,
         val_kwargs: Mapping[str, Any] | None = None,
+        collate_in_dataset: bool = True,
         **dataset_kwargs: Any,
     ):
         super().__init__()
@@ -87,6 +91,7 @@ class PatchDataModule(pl.LightningDataModule):
             bool(self.num_workers) if persistent_workers is None else bool(persistent_workers)
         )
         self.pin_memory = bool(pin_memory)
+        self.collate_in_dataset = bool(collate_in_dataset)
         self.dataset_kwargs = dict(dataset_kwargs)
         self.val_kwargs = dict(val_kwargs) if val_kwargs is not None else None
         self.train_dataset: PatchDataset | None = None
@@ -97,7 +102,7 @@ class PatchDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets (runs or reuses the filter pass)."""
         if self.train_dataset is None and stage in (None, "fit"):
-            self.train_dataset = PatchDataset(self.source, **self.dataset_kwargs)
+            self.train_dataset = PatchDataset(self.source, **self._with_batching(self.dataset_kwargs))
         if (
             self.val_dataset is None
             and self.val_kwargs is not None
@@ -108,11 +113,17 @@ class PatchDataModule(pl.LightningDataModule):
                 "validate",
             )
         ):
-            self.val_dataset = PatchDataset(**self.val_kwargs)
+            self.val_dataset = PatchDataset(**self._with_batching(self.val_kwargs))
+
+    def _with_batching(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        kw = dict(kwargs)
+        if self.collate_in_dataset:
+            kw.setdefault("batch_size", self.batch_size)
+        return kw
 
     def _loader_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {
-            "batch_size": self.batch_size,
+            "batch_size": self.batch_size,  # PatchLoader drops it when the dataset batches
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
         }

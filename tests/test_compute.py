@@ -356,3 +356,41 @@ def test_cell_statistics_equal_region_blocks(tmp_path, client, dtype, border):
     status = g.attrs["patchsieve"]["status"]
     assert status["cells/mask"] == "complete"
     assert (status.get("cells/moments") == "complete") == (dtype == "float32")
+
+
+def test_resume_reads_only_the_chunks_missing_blocks_need(tmp_path, client, stack, monkeypatch):
+    """A rerun after a partial run computes the missing blocks from their own chunks only
+    (the scheduler culls the graph); a full pass reads every chunk exactly once."""
+    from patchsieve import compute
+
+    src, _ = stack
+    out = tmp_path / "o.patchsieve.zarr"
+    reads: list[str] = []
+    orig = zarr.Array.__getitem__
+
+    def counting(self, sel):
+        if str(self.store_path).startswith(str(src)) or "stack.zarr" in str(self.store_path):
+            reads.append(repr(sel))
+        return orig(self, sel)
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", counting)
+    compute(src, _shannon(), (32, 32), out, client=client)
+    n_chunks = 4 * 3 * 2
+    data_reads = [r for r in reads if r != "Ellipsis"]
+    assert len(data_reads) == len(set(data_reads)) == n_chunks, data_reads
+    # forget sample 3's region blocks, as if the run had been killed there
+    g = zarr.open_group(str(out), mode="r+")
+    key = next(k for k in g["progress"].array_keys() if k.startswith("stats_"))
+    marker = g["progress"][key]
+    done = np.asarray(marker[...])
+    done[3] = 0
+    marker[...] = done
+    meta = dict(g.attrs["patchsieve"])
+    meta["status"] = {**meta["status"], "stats/entropy": "incomplete"}
+    meta["complete"] = False
+    g.attrs["patchsieve"] = meta
+    reads.clear()
+    compute(src, _shannon(), (32, 32), out, client=client)
+    data_reads = [r for r in reads if r != "Ellipsis"]
+    assert 0 < len(data_reads) <= 3 * 2, data_reads  # sample 3's chunks only
+    assert all(r.startswith("(slice(3, 4") for r in data_reads), data_reads

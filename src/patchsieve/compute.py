@@ -971,7 +971,6 @@ def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None
     trip each, so neighbouring blocks are returned in groups of up to 16 (a group with any
     missing block is recomputed whole: resume granularity stays small).
     """
-    import dask
     from distributed import as_completed
 
     jobs = [j for j in jobs if j.todo]
@@ -988,9 +987,9 @@ def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None
         g = _group_shape(numblocks, max(1, min(16, total // (8 * nthreads))))
         shapes.append(g)
         colls.append(job.collection.rechunk(g) if math.prod(g) > 1 else job.collection)
-    # optimise the jobs together: optimised one by one, a chunk read shared by two jobs would be
-    # fused into each job's task and read twice
-    colls = list(dask.optimize(*colls))
+    # no graph optimisation: dask's array optimisation inlines the chunk reads into their
+    # dependents (per collection, even with dask.optimize(*colls)), so a chunk shared by the
+    # region and cell jobs would be read twice; the scheduler runs only what the keys need
     for job, g, coll in zip(jobs, shapes, colls):
         # per-group delayed objects of one optimised graph; computing a subset culls the rest
         groups = coll.to_delayed(optimize_graph=False)
@@ -1001,7 +1000,7 @@ def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None
             owner[d.key] = (job, gidx, g)
         if progress is not None:
             tasks[job.label] = progress.add_task(job.label, total=len(todo_groups))
-    futures = client.compute(todo_delayed)
+    futures = client.compute(todo_delayed, optimize_graph=False)
     with client.as_current():
         for fut, result in as_completed(futures, with_results=True):
             job, gidx, g = owner[fut.key]

@@ -321,7 +321,7 @@ class _Plan:
         import dask.array as da
 
         from patchsieve.grid import region_chunks
-        from patchsieve.regions import region_stats
+        from patchsieve.regions import region_block_array, region_stats
 
         self.geom = geom
         self.stats = list(region_todo)
@@ -343,19 +343,22 @@ class _Plan:
         self.stat_blocks = None
         self.stat_numblocks: tuple[int, ...] = ()
         if self.stats:
-            ds = region_stats(volume, geom["patch_size"], self.stats,
-                              ref_channel=geom["ref_channel"],
-                              mask=mask if "mask_coverage" in self.stats else None, border=border)
-            order = [*geom["sample_dims"], *[f"region_{d}" for d in geom["spatial_dims"]]]
-            arrays = [ds[s].transpose(*order).data.astype(np.float64) for s in self.stats]
-            # regular chunks (the side-car's zarr chunks): rechunk to the first chunk per axis
-            arrays = [a.rechunk(self.stat_chunks) for a in arrays]
+            if "mask_coverage" in self.stats:  # only without cell support (never at present)
+                ds = region_stats(volume, geom["patch_size"], self.stats,
+                                  ref_channel=geom["ref_channel"], mask=mask, border=border)
+                raw = da.stack([ds[s].data for s in self.stats])
+            else:
+                raw = region_block_array(volume, geom["patch_size"], self.stats,
+                                         ref_channel=geom["ref_channel"], border=border)
+            # regular blocks (the first block per axis; a no-op when the storage chunks are
+            # whole multiples of the patch), then one task per block packs its stats
+            raw = raw.rechunk((len(self.stats), *self.stat_chunks))
             self.stat_blocks = da.map_blocks(
-                _pack_blocks, *arrays, dtype=object,
-                chunks=tuple((1,) * len(c) for c in arrays[0].chunks),
-                meta=np.empty((0,) * arrays[0].ndim, dtype=object),
+                _pack_blocks, raw, drop_axis=0, dtype=object,
+                chunks=tuple((1,) * len(c) for c in raw.chunks[1:]),
+                meta=np.empty((0,) * (raw.ndim - 1), dtype=object),
             )
-            self.stat_numblocks = arrays[0].numblocks
+            self.stat_numblocks = raw.numblocks[1:]
         # per-cell partials over a cell-aligned rechunk of the volume (all channels)
         target = []
         for d, c in zip(dims, data.chunks):
@@ -411,9 +414,10 @@ class _Plan:
         self.pct_picks = picks
 
 
-def _pack_blocks(*blocks: np.ndarray) -> np.ndarray:
-    out = np.empty((1,) * blocks[0].ndim, dtype=object)
-    out.flat[0] = tuple(np.asarray(b, dtype=np.float64) for b in blocks)
+def _pack_blocks(block: np.ndarray) -> np.ndarray:
+    """``(n_stats, *block)`` -> a 1-element object array holding one float64 array per stat."""
+    out = np.empty((1,) * (block.ndim - 1), dtype=object)
+    out.flat[0] = tuple(np.asarray(b, dtype=np.float64) for b in block)
     return out
 
 

@@ -301,6 +301,34 @@ def region_stats(
     return ds
 
 
+def region_block_array(
+    volume: xr.DataArray,
+    patch_size: Sequence[int] | Mapping[str, int],
+    stats: Sequence[str],
+    *,
+    ref_channel: int = 0,
+    border: Border = "careamics",
+) -> da.Array:
+    """The raw Dask array behind :func:`region_stats` for data statistics (not mask coverage).
+
+    Shape ``(len(stats), *sample, *region grid)``, one chunk along the first axis; each block is
+    one task reading its storage chunks (plus halo) directly. For callers that consume blocks
+    themselves (the filter pass) and do not need a named ``xarray.Dataset``.
+    """
+    border = check_border(border)
+    stats = list(dict.fromkeys(stats))
+    for s in stats:
+        if parse_stat(s)[0] == "mask_coverage":
+            raise ConfigError("region_block_array computes data statistics; use region_stats "
+                              "with mask= for 'mask_coverage'.")
+    vol = _prepare(volume, ref_channel, "volume", is_mask=False)
+    spatial = tuple(d for d in SPATIAL if d in vol.dims)
+    sample_dims = tuple(d for d in SAMPLE_DIMS if d in vol.dims)
+    ps = normalize_patch_size(patch_size, spatial)
+    grid = RegionGrid(tuple(vol.sizes[d] for d in spatial), tuple(ps.values()))
+    return _region_array(vol, sample_dims, grid, stats, border, False)
+
+
 def _region_array(
     vol: xr.DataArray,
     sample_dims: tuple[str, ...],

@@ -170,6 +170,22 @@ def _vmax(a, b, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _cell_pre_suf(src, pre, suf):  # pragma: no cover - compiled
+    """Running max of ``src`` forwards into ``pre`` and backwards into ``suf`` (two
+    independent chains in one loop; slices from 0 keep numba's index checks out)."""
+    n = src.shape[0]
+    a = src[0]
+    b = src[n - 1]
+    for t in range(n):
+        v = src[t]
+        w = src[n - 1 - t]
+        a = a if a > v else v
+        b = b if b > w else w
+        pre[t] = a
+        suf[n - 1 - t] = b
+
+
+@njit(cache=True, nogil=True)
 def max_coverage_stack(g, p1, p2, n1, n2, k, out):  # pragma: no cover - compiled
     """:func:`max_coverage_stack_ws` with freshly allocated work arrays."""
     D, Y, X = g.shape
@@ -219,16 +235,7 @@ def max_coverage_stack_ws(g, p1, p2, n1, n2, k, out, pre, suf, hrow, hpre, hsuf,
                 hp = hpre[d, i]
                 hs = hsuf[d, i]
                 for c0 in range(0, X, p2):
-                    m = hr[c0]
-                    for x in range(c0, c0 + p2):
-                        v = hr[x]
-                        m = m if m > v else v
-                        hp[x] = m
-                    m = hr[c0 + p2 - 1]
-                    for x in range(c0 + p2 - 1, c0 - 1, -1):
-                        v = hr[x]
-                        m = m if m > v else v
-                        hs[x] = m
+                    _cell_pre_suf(hr[c0:c0 + p2], hp[c0:c0 + p2], hs[c0:c0 + p2])
         for b in range(n2):
             c0 = b * p2
             c1 = c0 + p2
@@ -589,3 +596,306 @@ def cell_moments_int(x, p0, p1, p2, C0, C1, C2, careamics, n_out, s_out, m2_out)
                     n_out[li, a, b, c] = cnt
                     s_out[li, a, b, c] = s
                     m2_out[li, a, b, c] = m2
+
+
+# --------------------------------------------------------------------------- Max coverage, keys
+_U = np.uint64  # unsigned indices: no negative-index wraparound code, loops vectorise
+
+
+@njit(cache=True, nogil=True)
+def _vmax16(a, b, out):  # pragma: no cover - compiled
+    for x in range(out.shape[0]):
+        u = a[x]
+        v = b[x]
+        out[x] = u if u > v else v
+
+
+@njit(cache=True, nogil=True)
+def _shift_max(src, dst, rows, Xp, s, m, fwd):  # pragma: no cover - compiled
+    """``dst[r, x] = max(src[r, x], src[r, x - s] & m[x])`` (``x + s`` if not ``fwd``) on
+    flat rows of ``Xp``; entries without a partner keep ``src``. ``m`` (0 or 0xFFFF) cuts
+    the rows into cells (keys are >= 0, so a masked partner never wins). Unsigned indices
+    spare numba's negative-index checks, so the loops vectorise."""
+    Xu = _U(Xp)
+    su = _U(s)
+    for r in range(rows):
+        base = _U(r) * Xu
+        if fwd:
+            for x in range(s):
+                i = base + _U(x)
+                dst[i] = src[i]
+            for x in range(Xp - s):
+                i = base + su + _U(x)
+                u = src[i]
+                v = src[i - su] & m[su + _U(x)]
+                dst[i] = u if u > v else v
+        else:
+            for x in range(Xp - s, Xp):
+                i = base + _U(x)
+                dst[i] = src[i]
+            for x in range(Xp - s):
+                i = base + _U(x)
+                u = src[i]
+                v = src[i + su] & m[_U(x)]
+                dst[i] = u if u > v else v
+
+
+@njit(cache=True, nogil=True)
+def _cell_scan(src, rows, Xp, p, fwd, t1, t2, m):  # pragma: no cover - compiled
+    """Running max within cells of ``p`` along flat rows of ``Xp`` (forwards: prefix,
+    else suffix) by ``ceil(log2 p)`` vectorised shift-max steps; returns ``src``, ``t1`` or
+    ``t2`` (the one holding the result)."""
+    s = 1
+    cur = src
+    dst = t1
+    while s < p:
+        for x in range(Xp):
+            j = x % p
+            ok = (j >= s) if fwd else (j < p - s)
+            m[x] = np.uint16(0xFFFF) if ok else np.uint16(0)
+        _shift_max(cur, dst, rows, Xp, s, m, fwd)
+        cur = dst
+        dst = t2 if dst is t1 else t1
+        s *= 2
+    return cur
+
+
+@njit(cache=True, nogil=True)
+def _x_clipped_planes(keys, p2, n2, w1, w2, w3, w4, m, xf):  # pragma: no cover - compiled
+    """Size-``p2`` max filter along x clipped to every region column, for every row.
+
+    ``keys`` (Zp, Yp, (n2+1)*p2) uint16 (padded); ``xf`` (Zp, Yp, n2*2p2) receives the
+    ``2p2`` filtered values of region column ``b`` of each row at ``[b*2p2, (b+1)*2p2)``.
+    The window of local column ``i`` is ``[i - p2//2, i - p2//2 + p2 - 1]`` clipped to the
+    region, from prefix/suffix maxima per cell (van Herk / Gil-Werman). ``w1..w4``: work
+    planes of ``Yp*Xp``; ``m``: a work row of ``Xp``.
+    """
+    Z, Y, Xp = keys.shape
+    h = p2 // 2
+    R = 2 * p2
+    W = n2 * R
+    for z in range(Z):
+        A = keys[z].reshape(Y * Xp)
+        pre = _cell_scan(A, Y, Xp, p2, True, w1, w2, m)
+        suf = _cell_scan(A, Y, Xp, p2, False, w3, w4, m)
+        out = xf[z].reshape(Y * W)
+        hu = _U(h)
+        pu = _U(p2)
+        for y in range(Y):
+            for b in range(n2):
+                c0 = _U(y * Xp + b * p2)
+                c1 = c0 + pu
+                o = _U(y * W + b * R)
+                for j in range(h):
+                    out[o + _U(j)] = pre[c0 + pu - hu - _U(1) + _U(j)]
+                out[o + hu] = suf[c0]
+                for u in range(1, p2):
+                    v = suf[c0 + _U(u)]
+                    q = pre[c1 + _U(u) - _U(1)]
+                    out[o + hu + _U(u)] = v if v > q else q
+                for j in range(p2 - h):
+                    out[o + pu + hu + _U(j)] = suf[c1 + _U(j)]
+
+
+@njit(cache=True, nogil=True)
+def _clipped_band(src, r0, p, pre, suf, dst):  # pragma: no cover - compiled
+    """Rows ``[r0, r0 + 2p)`` of ``src`` (R, W) max-filtered (size ``p``) along axis 0,
+    clipped to the band, into ``dst`` (2p, W); ``pre``/``suf`` are (2p, W) work arrays.
+
+    Output row ``i`` has the window ``[i - p//2, i - p//2 + p - 1]`` clipped to the band:
+    rows ``i < p//2`` are prefix maxima of the first cell, rows ``i >= p + p//2`` suffix
+    maxima of the second, the rest ``max(suffix of cell 0, prefix of cell 1)``. The prefix
+    and suffix chains write those output rows in place (no copies)."""
+    h = p // 2
+    s0 = r0
+    s1 = r0 + p
+    # prefix of cell 0, rows 0..p-2 (row p-h-1+i is output row i < h)
+    prev = pre[0]
+    for i in range(p - 1):
+        tgt = dst[i - (p - h - 1)] if i >= p - h - 1 else pre[i]
+        if i == 0:
+            tgt[:] = src[s0]
+        else:
+            _vmax16(prev, src[s0 + i], tgt)
+        prev = tgt
+    # prefix of cell 1, rows 0..p-2
+    for i in range(p - 1):
+        if i == 0:
+            pre[p, :] = src[s1]
+        else:
+            _vmax16(pre[p + i - 1], src[s1 + i], pre[p + i])
+    # suffix of cell 0 (row 0 is output row h)
+    for t in range(p):
+        i = p - 1 - t
+        tgt = dst[h] if i == 0 else suf[i]
+        if t == 0:
+            tgt[:] = src[s0 + i]
+        else:
+            _vmax16(prev, src[s0 + i], tgt)
+        prev = tgt
+    # suffix of cell 1 (row j < p-h is output row p+h+j)
+    for t in range(p):
+        i = p - 1 - t
+        tgt = dst[p + h + i] if i < p - h else suf[p + i]
+        if t == 0:
+            tgt[:] = src[s1 + i]
+        else:
+            _vmax16(prev, src[s1 + i], tgt)
+        prev = tgt
+    for i in range(h + 1, p + h):
+        _vmax16(suf[i - h], pre[p + i - h - 1], dst[i])
+
+
+@njit(cache=True, nogil=True)
+def _count_segments(M, r_step, R2, thr, active, cnt):  # pragma: no cover - compiled
+    """``cnt[b]`` = number of entries ``>= thr[b]`` in column segment ``b`` (``[b*R2,
+    (b+1)*R2)``) of every ``r_step``-th row of ``M``, for the ``active`` segments."""
+    n2 = cnt.shape[0]
+    for b in range(n2):
+        cnt[b] = 0
+    for r in range(0, M.shape[0], r_step):
+        row = M[r]
+        for b in range(n2):
+            if not active[b]:
+                continue
+            o = _U(b * R2)
+            v = thr[b]
+            if R2 < 65536:  # a uint16 accumulator vectorises ~2.5x better than int64
+                c = np.uint16(0)
+                for x in range(R2):
+                    c = np.uint16(c + np.uint16(row[o + _U(x)] >= v))
+                cnt[b] += np.int64(c)
+            else:
+                c64 = 0
+                for x in range(R2):
+                    c64 += row[o + _U(x)] >= v
+                cnt[b] += c64
+
+
+@njit(cache=True, nogil=True)
+def _search(M, r_step, R2, k, lo, hi, guess, thr, active, cnt, st, bisect):  # pragma: no cover
+    """Exact ``k``-th largest key of each column segment (every ``r_step``-th row of ``M``)
+    given brackets ``lo <= answer <= hi`` (int64, updated in place to ``lo == hi``).
+
+    Each round counts all undecided segments in one pass. The first probe is ``guess``;
+    while only one side of the answer has been probed the step doubles away from it
+    (galloping), then the bracket is bisected (``st``: 0 none, 1 a success, 2 a failure,
+    3 both; ``bisect``: bisect from the start); returns the number of counting passes.
+    Correct for any guess: ``count(>= lo) >= k > count(>= hi + 1)`` always holds, and the
+    largest ``v`` with ``count(>= v) >= k`` is a key of the segment."""
+    n2 = lo.shape[0]
+    step = np.ones(n2, np.int64)
+    for b in range(n2):
+        st[b] = 3 if bisect else 0
+    rounds = 0
+    while True:
+        any_active = False
+        for b in range(n2):
+            active[b] = lo[b] < hi[b]
+            if not active[b]:
+                continue
+            any_active = True
+            if st[b] == 0:
+                t = min(max(guess[b], lo[b] + 1), hi[b])
+            elif st[b] == 1:
+                t = min(lo[b] + step[b], hi[b])
+            elif st[b] == 2:
+                t = max(hi[b] + 1 - step[b], lo[b] + 1)
+            else:
+                t = (lo[b] + hi[b] + 1) // 2
+            thr[b] = t
+        if not any_active:
+            return rounds
+        rounds += 1
+        _count_segments(M, r_step, R2, thr, active, cnt)
+        for b in range(n2):
+            if not active[b]:
+                continue
+            t = np.int64(thr[b])
+            if cnt[b] >= k:
+                lo[b] = t
+                st[b] = st[b] | 1
+            else:
+                hi[b] = t - 1
+                st[b] = st[b] | 2
+            step[b] *= 2
+
+
+@njit(cache=True, nogil=True)
+def _select_segments(M, R2, k, out, lo, hi, guess, thr, active, cnt, st):  # pragma: no cover
+    """``out[b]`` = ``k``-th largest key of column segment ``b`` of all rows of ``M``
+    (rows, n2*R2): min/max brackets, a guess from a row sample, then :func:`_search`."""
+    n2 = out.shape[0]
+    rows = M.shape[0]
+    for b in range(n2):
+        lo[b] = 65535
+        hi[b] = 0
+    for r in range(rows):
+        row = M[r]
+        for b in range(n2):
+            o = _U(b * R2)
+            a = row[o]
+            z = row[o]
+            for x in range(R2):
+                v = row[o + _U(x)]
+                a = a if a < v else v
+                z = z if z > v else v
+            lo[b] = min(lo[b], np.int64(a))
+            hi[b] = max(hi[b], np.int64(z))
+    r_step = 8 if rows >= 64 else 1
+    if r_step > 1:
+        ns = ((rows + r_step - 1) // r_step) * R2
+        ks = max(1, min(ns, (k * ns + rows * R2 // 2) // (rows * R2)))
+        slo = lo.copy()
+        shi = hi.copy()
+        _search(M, r_step, R2, ks, slo, shi, guess, thr, active, cnt, st, True)
+        for b in range(n2):
+            guess[b] = slo[b]
+        _search(M, 1, R2, k, lo, hi, guess, thr, active, cnt, st, False)
+    else:
+        _search(M, 1, R2, k, lo, hi, guess, thr, active, cnt, st, True)
+    for b in range(n2):
+        out[b] = lo[b]
+
+
+@njit(cache=True, nogil=True)
+def max_coverage_keys(keys, p0, p1, p2, n0, n1, n2, k, out, w1, w2, w3, w4, m, xf, bpre,
+                      bsuf, band, zpre, zsuf, zb):  # pragma: no cover - compiled
+    """Max-coverage key of every region of padded uint16 ``keys`` (Zp, Yp, Xp) =
+    ``((n0+1)p0, (n1+1)p1, (n2+1)p2)``; 2D data: ``Zp = 1``, ``p0 = 0``, ``n0 = 1``.
+
+    Separable clipped max filter, x first (:func:`_x_clipped_planes`), then y per region
+    row (a band of ``2p1`` rows) and z per region layer, all on uint16 rows of
+    ``W = n2*2p2`` (region column ``b`` at ``[b*2p2, (b+1)*2p2)``); the ``k``-th largest
+    key of each region is then found exactly by counting passes
+    (:func:`_select_segments`). ``out`` (n0, n1, n2) int64. Work arrays (uint16):
+    ``w1..w4`` (Yp*Xp,), ``m`` (Xp,), ``xf`` (Zp, Yp, W), ``bpre``, ``bsuf`` (2p1, W),
+    ``band`` (Zp, 2p1, W), ``zpre``, ``zsuf``, ``zb`` (2p0, 2p1*W) (unused in 2D).
+    """
+    Zp = keys.shape[0]
+    R1 = 2 * p1
+    R2 = 2 * p2
+    W = n2 * R2
+    lo = np.empty(n2, np.int64)
+    hi = np.empty(n2, np.int64)
+    guess = np.empty(n2, np.int64)
+    thr = np.empty(n2, np.uint16)
+    active = np.empty(n2, np.bool_)
+    cnt = np.empty(n2, np.int64)
+    st = np.empty(n2, np.int64)
+    res = np.empty(n2, np.int64)
+    _x_clipped_planes(keys, p2, n2, w1, w2, w3, w4, m, xf)
+    for a in range(n1):
+        r0 = a * p1
+        for z in range(Zp):
+            _clipped_band(xf[z], r0, p1, bpre, bsuf, band[z])
+        if p0 == 0:
+            _select_segments(band[0], R2, k, res, lo, hi, guess, thr, active, cnt, st)
+            out[0, a, :] = res
+            continue
+        bz = band.reshape((Zp, R1 * W))
+        for gz in range(n0):
+            _clipped_band(bz, gz * p0, p0, zpre, zsuf, zb)
+            _select_segments(zb.reshape((2 * p0 * R1, W)), R2, k, res, lo, hi, guess, thr,
+                             active, cnt, st)
+            out[gz, a, :] = res

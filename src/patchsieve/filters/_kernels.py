@@ -258,9 +258,17 @@ def region_max_coverage(
     ``v`` with ``count(F >= v) / F.size >= coverage``, i.e. the ``k``-th largest entry of
     ``F`` with ``k`` = :func:`coverage_rank`. With ``border="valid"`` the padding is
     ``-inf`` (ignored by the max) and only in-image pixels are ranked.
+
+    With numba and zero padding, data whose values fit 16-bit keys ((u)int8/16, or
+    integer-valued floats spanning < 2**16) take :func:`_max_coverage_keys` (uint16
+    filtering, exact counting search); other data take :func:`_max_coverage_jit`. Both
+    return bit-identical values to the numpy path.
     """
     nd = len(patch_size)
     if border == "careamics" and _jit.AVAILABLE:
+        keyed = _uint16_keys(slab)
+        if keyed is not None:
+            return _max_coverage_keys(keyed[0], keyed[1], patch_size, n, coverage)
         return _max_coverage_jit(slab, patch_size, n, coverage)
     slab = np.asarray(slab, dtype=np.float32)
     fill = 0.0 if border == "careamics" else -np.inf
@@ -305,16 +313,24 @@ def _max_coverage_jit(
     out = np.empty((L, *n), dtype=np.float64)
     p1, p2 = patch_size[-2], patch_size[-1]
     n1, n2 = n[-2], n[-1]
+    f32 = np.float32
     if len(patch_size) == 2:
-        x = padded_cells(np.ascontiguousarray(slab, dtype=np.float32), patch_size, n, 0.0)
+        x = padded_cells(np.ascontiguousarray(slab, dtype=f32), patch_size, n, 0.0)
+        Yp, Xp = x.shape[1:]
+        R1, m = 2 * p1, 2 * p1 * 2 * p2
+        ws2 = (
+            _scratch("pre", (1, Yp, Xp), f32), _scratch("suf", (1, Yp, Xp), f32),
+            _scratch("hrow", (1, R1, Xp), f32), _scratch("hpre", (1, R1, Xp), f32),
+            _scratch("hsuf", (1, R1, Xp), f32), _scratch("vals", (m,), f32),
+            _scratch("cnts", (m,), np.int64), _scratch("bins", (m,), np.int32),
+        )
         for i in range(L):
-            _jit.max_coverage_stack(x[i][None], p1, p2, n1, n2, k, out[i])
+            _jit.max_coverage_stack_ws(x[i][None], p1, p2, n1, n2, k, out[i], *ws2)
         return out
     # z filter straight from the slab's dtype into the zero-padded float32 stacks; the
     # large work arrays are reused per thread (fresh pages of big arrays are costly)
     p0 = patch_size[0]
     Yp, Xp = (n1 + 1) * p1, (n2 + 1) * p2
-    f32 = np.float32
     z = _scratch("z", (n[0], 2 * p0, Yp, Xp), f32)
     zpre = _scratch("zpre", ((n[0] + 1) * p0, Xp), f32)
     zsuf = _scratch("zsuf", ((n[0] + 1) * p0, Xp), f32)
@@ -330,6 +346,82 @@ def _max_coverage_jit(
         for gz in range(n[0]):
             _jit.max_coverage_stack_ws(z[gz], p1, p2, n1, n2, k, out[i, gz], *ws)
     return out
+
+
+def _uint16_keys(slab: NDArray[np.generic]) -> tuple[NDArray[np.uint16], int] | None:
+    """``(keys, lo)`` with ``slab == keys + lo`` exactly and the zero padding at key ``-lo``,
+    when every value (and 0) fits 16-bit keys: (u)int8/16 data, or integer-valued float data
+    with ``max - min < 2**16`` and no ``-0.0`` (its bits would not survive). Else None."""
+    if slab.size == 0:
+        return None
+    if slab.dtype == np.uint16:
+        return slab, 0  # a view: padded or made contiguous per sample later
+    kind = slab.dtype.kind
+    if kind == "u" and slab.dtype.itemsize == 1:
+        return slab.astype(np.uint16), 0
+    if kind in "iu" and slab.dtype.itemsize <= 2:
+        lo = min(int(slab.min()), 0)
+        return (slab.astype(np.int32) - lo).astype(np.uint16), lo
+    if kind != "f" or slab.dtype.itemsize > 4:
+        return None
+    head = slab.reshape(-1)[:4096]
+    if not np.array_equal(head, np.rint(head)):  # most float data stops here
+        return None
+    lo_f, hi_f = float(slab.min()), float(slab.max())
+    lo_f, hi_f = min(lo_f, 0.0), max(hi_f, 0.0)
+    if hi_f - lo_f > 65535 or not is_integer_valued(slab):
+        return None
+    if np.any(np.signbit(slab) & (slab == 0)):
+        return None
+    lo = int(lo_f)
+    return (slab.astype(np.int32) - lo).astype(np.uint16), lo
+
+
+def _max_coverage_keys(
+    keys: NDArray[np.uint16], lo: int, patch_size: Sequence[int], n: Sequence[int],
+    coverage: float,
+) -> NDArray[np.float64]:
+    """numba path of :func:`region_max_coverage` for 16-bit keys (:func:`_uint16_keys`):
+    :func:`_jit.max_coverage_keys` per sample on the padded keys, exact counting search."""
+    nd = len(patch_size)
+    k = coverage_rank(coverage, _region_size(patch_size))
+    L = keys.shape[0]
+    p1, p2 = patch_size[-2], patch_size[-1]
+    n1, n2 = n[-2], n[-1]
+    if nd == 3:
+        p0, n0 = patch_size[0], n[0]
+        Zp = (n0 + 1) * p0
+    else:
+        p0, n0, Zp = 0, 1, 1
+    Yp, Xp = (n1 + 1) * p1, (n2 + 1) * p2
+    R1, W = 2 * p1, n2 * 2 * p2
+    u16 = np.uint16
+    zr = (2 * p0, R1 * W) if nd == 3 else (1, 1)
+    ws = (
+        _scratch("k_w1", (Yp * Xp,), u16), _scratch("k_w2", (Yp * Xp,), u16),
+        _scratch("k_w3", (Yp * Xp,), u16), _scratch("k_w4", (Yp * Xp,), u16),
+        _scratch("k_m", (Xp,), u16), _scratch("k_xf", (Zp, Yp, W), u16),
+        _scratch("k_bpre", (R1, W), u16), _scratch("k_bsuf", (R1, W), u16),
+        _scratch("k_band", (Zp, R1, W), u16), _scratch("k_zpre", zr, u16),
+        _scratch("k_zsuf", zr, u16), _scratch("k_zb", zr, u16),
+    )
+    out = np.empty((L, n0, n1, n2), dtype=np.int64)
+    pad = u16(-lo)
+    target = (Zp, Yp, Xp)
+    for i in range(L):
+        x = keys[i] if nd == 3 else keys[i][None]
+        if x.shape != target:
+            xp = _scratch("k_pad", target, u16)
+            xp.fill(pad)
+            sl = tuple(slice(0, min(s, t)) for s, t in zip(x.shape, target))
+            xp[sl] = x[sl]
+            x = xp
+        x = np.ascontiguousarray(x)
+        _jit.max_coverage_keys(x, p0, p1, p2, n0, n1, n2, k, out[i], *ws)
+    res = out.astype(np.float64)
+    if lo:
+        res += lo
+    return res.reshape((L, *n))
 
 
 _WORK = threading.local()

@@ -151,6 +151,8 @@ def _same(a, b):
         assert a.keys() == b.keys()
         for k in a:
             _same(a[k], b[k])
+    elif isinstance(a, (int, float, bool)):
+        assert a == b
     else:
         assert len(a) == len(b)
         for u, v in zip(a, b, strict=True):
@@ -244,4 +246,24 @@ def test_lightning_module_collates_in_the_dataset(syx):
     assert fast.train_dataset.batch_size == 8 and plain.train_dataset.batch_size is None
     assert len(lf) == len(lp)
     for u, v in zip(lf, lp, strict=True):
+        _same(u, v)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_blockwise_preparation_gives_the_same_patches(syx, monkeypatch, batch_size):
+    import patchsieve.dataset as dsmod
+
+    src, tgt, _, sc = syx
+
+    def run():
+        ds = PatchDataset(src, sidecar=sc, target=tgt, seed=5, return_metadata=True,
+                          batch_size=batch_size)
+        return list(ds) if batch_size else [[*item] for item in ds]
+
+    whole = run()
+    monkeypatch.setattr(dsmod, "PREPARE_BLOCK", 7)  # many blocks, not a multiple of the batch
+    blocks = run()
+    assert len(whole) == len(blocks) > 2
+    for u, v in zip(whole, blocks, strict=True):
         _same(u, v)

@@ -44,6 +44,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -79,6 +80,7 @@ MAX_WORKERS = 64
 _STAT_FIELDS = 4  # patches, cache hits, cache misses, decoded bytes read
 PREFETCH_THREADS = 2  # background chunk decoders per reader (and process)
 PREFETCH_AHEAD = 3  # chunks decoded ahead, in order of first use (at most 1/4 of the cache)
+PREPARE_BLOCK = 4096  # patches whose geometry is prepared at once (cache look-ahead: 2 blocks)
 
 
 # --------------------------------------------------------------------------- chunk reader
@@ -348,6 +350,26 @@ class _ChunkReader:
 
 
 # --------------------------------------------------------------------------- helpers
+class _BlockCuts:
+    """``cut(k, i, out=None)``: patch ``i`` of ``todo`` from reader ``k``, geometry prepared
+    one block of patches at a time (sequential access), telling the cache two blocks ahead."""
+
+    def __init__(self, ds: PatchDataset, todo: np.ndarray, readers: Sequence[Any], block: int):
+        self.ds, self.todo, self.readers, self.block = ds, todo, list(readers), int(block)
+        self.current = -1
+        self.cuts: list[Callable[..., np.ndarray]] = []
+
+    def __call__(self, k: int, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        b = i // self.block
+        if b != self.current:
+            b0 = b * self.block
+            b1 = min(b0 + self.block, len(self.todo))
+            b2 = min(b0 + 2 * self.block, len(self.todo))
+            self.cuts = [self.ds._prepare(r, c, self.todo, b0, b1, b2) for r, c in self.readers]
+            self.current = b
+        return self.cuts[k](i, out)
+
+
 def _future_uses(first: np.ndarray, last: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
     """Chunk key -> sorted positions of the boxes (rows) that touch it.
 
@@ -997,9 +1019,16 @@ class PatchDataset(IterableDataset):
         self._stats_base = self._stats[slot].numpy().copy()
         self._counters0 = self._counters()
         todo = shard[start:]
-        cuts = [self._prepare(self._reader, self.channels, todo)]
+        readers = [(self._reader, self.channels)]
         if self._target_reader is not None:
-            cuts.append(self._prepare(self._target_reader, self.target_channels, todo))
+            readers.append((self._target_reader, self.target_channels))
+        # geometry prepared block by block (bounded memory, fast first batch); a block is a
+        # whole number of batches
+        block = PREPARE_BLOCK if self.batch_size is None else self.batch_size * max(
+            1, PREPARE_BLOCK // self.batch_size
+        )
+        blocks = _BlockCuts(self, todo, readers, block)
+        cuts = [functools.partial(blocks, k) for k in range(len(readers))]
         if self.batch_size is not None:
             for b0 in range(0, len(todo), self.batch_size):
                 b1 = min(b0 + self.batch_size, len(todo))
@@ -1012,9 +1041,8 @@ class PatchDataset(IterableDataset):
                 yield batch
             self._record(slot, len(shard) - start)
             return
-        origins = todo["origin"].tolist()
         for i, entry in enumerate(todo):
-            item = self._load(entry, [c(i) for c in cuts], origins[i])
+            item = self._load(entry, [c(i) for c in cuts], None)
             if i % 32 == 0:
                 self._record(slot, i + 1)
             if info is None:
@@ -1094,21 +1122,13 @@ class PatchDataset(IterableDataset):
         now[0] = done
         self._stats[slot] = torch.from_numpy(self._stats_base + now)
 
-    def _prepare(
-        self, reader: _ChunkReader, chans: Sequence[int], todo: np.ndarray
-    ) -> Callable[..., np.ndarray]:
-        """Vectorised box geometry of every patch of ``todo``; returns ``cut(i, out=None)``.
-
-        ``cut`` writes patch ``i`` as float32 ``(C, [Z,] Y, X)`` into ``out`` (e.g. a slot of a
-        batch) or into a new array, and returns it. Patches inside one chunk are cast straight
-        from the cached block; patches straddling chunks are assembled piece by piece into the
-        output.
-        """
-        dims = reader.dims
-        n = len(todo)
-        lo = np.empty((n, len(dims)), np.int64)
+    def _geometry(
+        self, dims: Sequence[str], chans: Sequence[int], part: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Box origins ``(n, ndim)`` in the reader's dims and the box size of plan entries."""
+        lo = np.empty((len(part), len(dims)), np.int64)
         size = np.ones(len(dims), np.int64)
-        smp = np.unravel_index(todo["sample"], self.sample_shape) if self.sample_shape else ()
+        smp = np.unravel_index(part["sample"], self.sample_shape) if self.sample_shape else ()
         for j, d in enumerate(dims):
             if d in self.sample_dims:
                 lo[:, j] = smp[self.sample_dims.index(d)]
@@ -1116,7 +1136,31 @@ class PatchDataset(IterableDataset):
                 lo[:, j], size[j] = min(chans), max(chans) - min(chans) + 1
             else:
                 k = self.spatial_dims.index(d)
-                lo[:, j], size[j] = todo["origin"][:, k], self.patch_size[k]
+                lo[:, j], size[j] = part["origin"][:, k], self.patch_size[k]
+        return lo, size
+
+    def _prepare(
+        self,
+        reader: _ChunkReader,
+        chans: Sequence[int],
+        todo: np.ndarray,
+        b0: int = 0,
+        b1: int | None = None,
+        b2: int | None = None,
+    ) -> Callable[..., np.ndarray]:
+        """Vectorised box geometry of patches ``b0:b1`` of ``todo``; returns ``cut(i, out=None)``.
+
+        ``cut`` writes patch ``i`` (``b0 <= i < b1``) as float32 ``(C, [Z,] Y, X)`` into
+        ``out`` (e.g. a slot of a batch) or into a new array, and returns it. Patches inside one
+        chunk are cast straight from the cached block; patches straddling chunks are assembled
+        piece by piece into the output. The chunk cache is told the accesses of ``b0:b2``
+        (the look-ahead of its eviction rule and of the decoders).
+        """
+        dims = reader.dims
+        b1 = len(todo) if b1 is None else b1
+        b2 = b1 if b2 is None else max(b2, b1)
+        lo, size = self._geometry(dims, chans, todo[b0:b1])
+        n = len(lo)
         is_sample = [d in self.sample_dims for d in dims]
         kept = [d for d in dims if d not in self.sample_dims]
         perm = [kept.index("c")] + [i for i, d in enumerate(kept) if d != "c"] if "c" in kept else None
@@ -1136,8 +1180,12 @@ class PatchDataset(IterableDataset):
             single = ((lo + size - 1) // ch == c0a).all(axis=1).tolist()
             loc, c0 = (lo - c0a * ch).tolist(), c0a.tolist()
             blocks = reader._chunk
-            future = _future_uses(c0a, (lo + size - 1) // ch)
+            ahead_lo = lo if b2 == b1 else self._geometry(dims, chans, todo[b0:b2])[0]
+            future = _future_uses(ahead_lo // ch, (ahead_lo + size - 1) // ch)
+            for k in future:
+                future[k] += b0
             reader.plan(future)
+            reader.now = b0
         los = lo.tolist()
         nd = len(dims)
         # upcoming distinct chunks in execution order, decoded ahead in background threads
@@ -1160,18 +1208,19 @@ class PatchDataset(IterableDataset):
                 while ahead[0] < stop:
                     reader.prefetch(keys[ahead[0]])
                     ahead[0] += 1
-            if single[i]:
-                li = loc[i]
-                box = blocks(tuple(c0[i]))[
+            p = i - b0
+            if single[p]:
+                li = loc[p]
+                box = blocks(tuple(c0[p]))[
                     tuple(li[j] if is_sample[j] else slice(li[j], li[j] + sizes[j]) for j in range(nd))
                 ]
             elif perm is None or csel is None:  # assemble straight into the output
-                a = los[i]
+                a = los[p]
                 view = out[0] if perm is None else out.transpose(inv)
                 reader.read_into(a, [a[j] + sizes[j] for j in range(nd)], view, is_sample)
                 return out
             else:
-                a = los[i]
+                a = los[p]
                 box = reader.read(a, [a[j] + sizes[j] for j in range(nd)])
                 box = box[tuple(0 if is_sample[j] else slice(None) for j in range(nd))]
             if perm is None:
@@ -1199,7 +1248,9 @@ class PatchDataset(IterableDataset):
                 lo.append(origin[k]), hi.append(origin[k] + self.patch_size[k])
         return lo, hi
 
-    def _load(self, entry: np.ndarray, patches: Sequence[np.ndarray], origin: Sequence[int]) -> Any:
+    def _load(
+        self, entry: np.ndarray, patches: Sequence[np.ndarray], origin: Sequence[int] | None = None
+    ) -> Any:
         x = patches[0]
         if self._norm is not None:
             x = (x - self._norm[0]) / self._norm[1]
@@ -1219,7 +1270,7 @@ class PatchDataset(IterableDataset):
             out.append(
                 {
                     "sample": int(entry["sample"]),
-                    "origin": torch.as_tensor(origin),
+                    "origin": torch.as_tensor(entry["origin"].tolist() if origin is None else origin),
                     "region": int(entry["region"]),
                     "weight": float(entry["weight"]),
                     "is_background": bool(entry["background"]),

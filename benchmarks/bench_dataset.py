@@ -9,9 +9,9 @@ Measured in one run, on the cached benchmark volumes (``benchmarks/data.py``):
 For each: patches/s of ``PatchDataset`` at num_workers 0 and 2 (fork and spawn), with single
 patches collated by the DataLoader (``loader(batch_size=64)``) and with batches collated in the
 dataset (``PatchDataset(batch_size=64)``), against the baseline of one zarr read per patch for the
-same plan (median of --repeat). Every loader runs two full ``per_epoch`` epochs with persistent
-workers: epoch 1 includes the worker start-up (reported apart as the time to its first batch),
-epoch 2 is the steady state. Epoch time at num_workers 2 against the time to read the whole
+same plan (medians of --repeat, per epoch). Every loader runs two full ``per_epoch`` epochs with
+persistent workers: epoch 1 includes the worker start-up (reported apart as the time to its first
+batch), epoch 2 is the steady state. Epoch time at num_workers 2 against the time to read the whole
 volume once with plain Dask (threads); distinct chunks per batch for the default shuffle window
 vs plan order; time to first batch (num_workers 0, completed side-car, dataset construction
 included); peak RSS of a fresh process that builds the dataset and reads ``--rss-patches``
@@ -149,7 +149,9 @@ def bench_volume(name, ds_spec, cfg, patch, channels, args, careamics_inputs=Non
     for nw, ctx, batched in configs:
         key = f"nw{nw}" + (f"_{ctx}" if ctx else "") + ("_batched" if batched else "")
 
-        def run(nw=nw, ctx=ctx, key=key, batched=batched):
+        epochs: list = []
+
+        def run(nw=nw, ctx=ctx, key=key, batched=batched, epochs=epochs):
             d = PatchDataset(url, sidecar=str(sc_path), channels=channels, seed=0,
                              batch_size=BATCH if batched else None)
             last[key] = d
@@ -159,16 +161,22 @@ def bench_volume(name, ds_spec, cfg, patch, channels, args, careamics_inputs=Non
             loader = d.loader(**kw)
             e1, e2 = _iterate(loader), _iterate(loader)  # the loader advances the epoch
             del loader
+            epochs.append((e1, e2))
             return e1, e2
 
         t = h.median_time(run, repeat=args.repeat)
-        runs = t.result  # the last run's epochs (the median is over the whole two-epoch runs)
-        (n1, first1, total1), (n2, first2, total2) = runs
+
+        def med(ep, field, epochs=epochs):  # median over the repeats, per epoch
+            return float(np.median([r[ep][field] for r in epochs]))
+
+        n1, n2 = epochs[0][0][0], epochs[0][1][0]
+        first1, total1, first2, total2 = med(0, 1), med(0, 2), med(1, 1), med(1, 2)
         results[key] = {
             "patches": n1,
             "epoch1_s": total1,
             "epoch2_s": total2,
             "two_epochs_median_s": t.median_s,
+            "runs": [[list(e1), list(e2)] for e1, e2 in epochs],
             "epoch1_patches_per_s": n1 / total1,
             "epoch2_patches_per_s": n2 / total2,
             "first_batch_epoch1_s": first1,

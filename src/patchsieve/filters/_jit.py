@@ -661,20 +661,24 @@ def _cell_scan(src, rows, Xp, p, fwd, t1, t2, m):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _x_clipped_planes(keys, p2, n2, w1, w2, w3, w4, m, xf):  # pragma: no cover - compiled
+def _x_clipped_planes(keys, zreal, pad, p2, n2, w1, w2, w3, w4, m, xf):  # pragma: no cover
     """Size-``p2`` max filter along x clipped to every region column, for every row.
 
     ``keys`` (Zp, Yp, (n2+1)*p2) uint16 (padded); ``xf`` (Zp, Yp, n2*2p2) receives the
     ``2p2`` filtered values of region column ``b`` of each row at ``[b*2p2, (b+1)*2p2)``.
     The window of local column ``i`` is ``[i - p2//2, i - p2//2 + p2 - 1]`` clipped to the
     region, from prefix/suffix maxima per cell (van Herk / Gil-Werman). ``w1..w4``: work
-    planes of ``Yp*Xp``; ``m``: a work row of ``Xp``.
+    planes of ``Yp*Xp``; ``m``: a work row of ``Xp``. Planes ``z >= zreal`` are all
+    ``pad`` (zero padding below the image) and stay so.
     """
     Z, Y, Xp = keys.shape
     h = p2 // 2
     R = 2 * p2
     W = n2 * R
     for z in range(Z):
+        if z >= zreal:
+            xf[z] = pad
+            continue
         A = keys[z].reshape(Y * Xp)
         pre = _cell_scan(A, Y, Xp, p2, True, w1, w2, m)
         suf = _cell_scan(A, Y, Xp, p2, False, w3, w4, m)
@@ -824,13 +828,16 @@ def _search(M, r_step, R2, k, lo, hi, guess, thr, active, cnt, st, bisect):  # p
 @njit(cache=True, nogil=True)
 def _select_segments(M, R2, k, out, lo, hi, guess, thr, active, cnt, st):  # pragma: no cover
     """``out[b]`` = ``k``-th largest key of column segment ``b`` of all rows of ``M``
-    (rows, n2*R2): min/max brackets, a guess from a row sample, then :func:`_search`."""
+    (rows, n2*R2). Many rows: the same rank in every 8th row (bisection between that
+    sample's min and max) is the first guess of a galloping :func:`_search` over all rows
+    in ``[0, 65535]``; few rows: bisection between the min and max of all rows."""
     n2 = out.shape[0]
     rows = M.shape[0]
+    r_step = 8 if rows >= 64 else 1
     for b in range(n2):
         lo[b] = 65535
         hi[b] = 0
-    for r in range(rows):
+    for r in range(0, rows, r_step):
         row = M[r]
         for b in range(n2):
             o = _U(b * R2)
@@ -842,15 +849,14 @@ def _select_segments(M, R2, k, out, lo, hi, guess, thr, active, cnt, st):  # pra
                 z = z if z > v else v
             lo[b] = min(lo[b], np.int64(a))
             hi[b] = max(hi[b], np.int64(z))
-    r_step = 8 if rows >= 64 else 1
     if r_step > 1:
         ns = ((rows + r_step - 1) // r_step) * R2
         ks = max(1, min(ns, (k * ns + rows * R2 // 2) // (rows * R2)))
-        slo = lo.copy()
-        shi = hi.copy()
-        _search(M, r_step, R2, ks, slo, shi, guess, thr, active, cnt, st, True)
+        _search(M, r_step, R2, ks, lo, hi, guess, thr, active, cnt, st, True)
         for b in range(n2):
-            guess[b] = slo[b]
+            guess[b] = lo[b]
+            lo[b] = 0
+            hi[b] = 65535
         _search(M, 1, R2, k, lo, hi, guess, thr, active, cnt, st, False)
     else:
         _search(M, 1, R2, k, lo, hi, guess, thr, active, cnt, st, True)
@@ -859,8 +865,8 @@ def _select_segments(M, R2, k, out, lo, hi, guess, thr, active, cnt, st):  # pra
 
 
 @njit(cache=True, nogil=True)
-def max_coverage_keys(keys, p0, p1, p2, n0, n1, n2, k, out, w1, w2, w3, w4, m, xf, bpre,
-                      bsuf, band, zpre, zsuf, zb):  # pragma: no cover - compiled
+def max_coverage_keys(keys, zreal, pad, p0, p1, p2, n0, n1, n2, k, out, w1, w2, w3, w4, m,
+                      xf, bpre, bsuf, band, zpre, zsuf, zb):  # pragma: no cover - compiled
     """Max-coverage key of every region of padded uint16 ``keys`` (Zp, Yp, Xp) =
     ``((n0+1)p0, (n1+1)p1, (n2+1)p2)``; 2D data: ``Zp = 1``, ``p0 = 0``, ``n0 = 1``.
 
@@ -870,7 +876,8 @@ def max_coverage_keys(keys, p0, p1, p2, n0, n1, n2, k, out, w1, w2, w3, w4, m, x
     key of each region is then found exactly by counting passes
     (:func:`_select_segments`). ``out`` (n0, n1, n2) int64. Work arrays (uint16):
     ``w1..w4`` (Yp*Xp,), ``m`` (Xp,), ``xf`` (Zp, Yp, W), ``bpre``, ``bsuf`` (2p1, W),
-    ``band`` (Zp, 2p1, W), ``zpre``, ``zsuf``, ``zb`` (2p0, 2p1*W) (unused in 2D).
+    ``band`` (Zp, 2p1, W), ``zpre``, ``zsuf``, ``zb`` (2p0, 2p1*W) (unused in 2D). Planes
+    ``z >= zreal`` of ``keys`` are known to be all ``pad`` (their filtering is skipped).
     """
     Zp = keys.shape[0]
     R1 = 2 * p1
@@ -884,10 +891,12 @@ def max_coverage_keys(keys, p0, p1, p2, n0, n1, n2, k, out, w1, w2, w3, w4, m, x
     cnt = np.empty(n2, np.int64)
     st = np.empty(n2, np.int64)
     res = np.empty(n2, np.int64)
-    _x_clipped_planes(keys, p2, n2, w1, w2, w3, w4, m, xf)
+    _x_clipped_planes(keys, zreal, pad, p2, n2, w1, w2, w3, w4, m, xf)
+    for z in range(zreal, Zp):
+        band[z] = pad
     for a in range(n1):
         r0 = a * p1
-        for z in range(Zp):
+        for z in range(min(zreal, Zp)):
             _clipped_band(xf[z], r0, p1, bpre, bsuf, band[z])
         if p0 == 0:
             _select_segments(band[0], R2, k, res, lo, hi, guess, thr, active, cnt, st)

@@ -410,6 +410,7 @@ def _max_coverage_keys(
     target = (Zp, Yp, Xp)
     for i in range(L):
         x = keys[i] if nd == 3 else keys[i][None]
+        zreal = min(x.shape[0], Zp)
         if x.shape != target:
             xp = _scratch("k_pad", target, u16)
             xp.fill(pad)
@@ -417,7 +418,7 @@ def _max_coverage_keys(
             xp[sl] = x[sl]
             x = xp
         x = np.ascontiguousarray(x)
-        _jit.max_coverage_keys(x, p0, p1, p2, n0, n1, n2, k, out[i], *ws)
+        _jit.max_coverage_keys(x, zreal, pad, p0, p1, p2, n0, n1, n2, k, out[i], *ws)
     res = out.astype(np.float64)
     if lo:
         res += lo

@@ -664,18 +664,20 @@ def _cell_scan(src, rows, Xp, p, fwd, t1, t2, m):  # pragma: no cover - compiled
 def _x_clipped_planes(keys, zreal, pad, p2, n2, w1, w2, w3, w4, m, xf):  # pragma: no cover
     """Size-``p2`` max filter along x clipped to every region column, for every row.
 
-    ``keys`` (Zp, Yp, (n2+1)*p2) uint16 (padded); ``xf`` (Zp, Yp, n2*2p2) receives the
+    ``keys`` (>= zreal, Yp, (n2+1)*p2) uint16 (padded in y and x); ``xf`` (Zp, Yp, n2*2p2)
+    receives the
     ``2p2`` filtered values of region column ``b`` of each row at ``[b*2p2, (b+1)*2p2)``.
     The window of local column ``i`` is ``[i - p2//2, i - p2//2 + p2 - 1]`` clipped to the
     region, from prefix/suffix maxima per cell (van Herk / Gil-Werman). ``w1..w4``: work
     planes of ``Yp*Xp``; ``m``: a work row of ``Xp``. Planes ``z >= zreal`` are all
     ``pad`` (zero padding below the image) and stay so.
     """
-    Z, Y, Xp = keys.shape
+    Y = keys.shape[1]
+    Xp = keys.shape[2]
     h = p2 // 2
     R = 2 * p2
     W = n2 * R
-    for z in range(Z):
+    for z in range(xf.shape[0]):
         if z >= zreal:
             xf[z] = pad
             continue
@@ -867,8 +869,9 @@ def _select_segments(M, R2, k, out, lo, hi, guess, thr, active, cnt, st):  # pra
 @njit(cache=True, nogil=True)
 def max_coverage_keys(keys, zreal, pad, p0, p1, p2, n0, n1, n2, k, out, w1, w2, w3, w4, m,
                       xf, bpre, bsuf, band, zpre, zsuf, zb):  # pragma: no cover - compiled
-    """Max-coverage key of every region of padded uint16 ``keys`` (Zp, Yp, Xp) =
-    ``((n0+1)p0, (n1+1)p1, (n2+1)p2)``; 2D data: ``Zp = 1``, ``p0 = 0``, ``n0 = 1``.
+    """Max-coverage key of every region of uint16 ``keys`` (>= zreal, Yp, Xp), padded to
+    ``((n0+1)p0, (n1+1)p1, (n2+1)p2)`` = ``(Zp, Yp, Xp)`` (planes from ``zreal`` on are
+    ``pad`` and need not be in ``keys``); 2D data: ``Zp = 1``, ``p0 = 0``, ``n0 = 1``.
 
     Separable clipped max filter, x first (:func:`_x_clipped_planes`), then y per region
     row (a band of ``2p1`` rows) and z per region layer, all on uint16 rows of
@@ -876,10 +879,10 @@ def max_coverage_keys(keys, zreal, pad, p0, p1, p2, n0, n1, n2, k, out, w1, w2, 
     key of each region is then found exactly by counting passes
     (:func:`_select_segments`). ``out`` (n0, n1, n2) int64. Work arrays (uint16):
     ``w1..w4`` (Yp*Xp,), ``m`` (Xp,), ``xf`` (Zp, Yp, W), ``bpre``, ``bsuf`` (2p1, W),
-    ``band`` (Zp, 2p1, W), ``zpre``, ``zsuf``, ``zb`` (2p0, 2p1*W) (unused in 2D). Planes
-    ``z >= zreal`` of ``keys`` are known to be all ``pad`` (their filtering is skipped).
+    ``band`` (Zp, 2p1, W), ``zpre``, ``zsuf``, ``zb`` (2p0, 2p1*W) (unused in 2D). The
+    all-``pad`` planes ``z >= zreal`` are not filtered.
     """
-    Zp = keys.shape[0]
+    Zp = band.shape[0]
     R1 = 2 * p1
     R2 = 2 * p2
     W = n2 * R2

@@ -410,14 +410,14 @@ def _max_coverage_keys(
     target = (Zp, Yp, Xp)
     for i in range(L):
         x = keys[i] if nd == 3 else keys[i][None]
-        zreal = min(x.shape[0], Zp)
-        if x.shape != target:
-            xp = _scratch("k_pad", target, u16)
+        zreal = min(x.shape[0], Zp)  # the planes below are zero padding: never read
+        if x.shape[1:] != target[1:]:
+            xp = _scratch("k_pad", (zreal, *target[1:]), u16)
             xp.fill(pad)
-            sl = tuple(slice(0, min(s, t)) for s, t in zip(x.shape, target))
+            sl = tuple(slice(0, min(s, t)) for s, t in zip(x.shape, (zreal, *target[1:])))
             xp[sl] = x[sl]
             x = xp
-        x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x[:zreal])
         _jit.max_coverage_keys(x, zreal, pad, p0, p1, p2, n0, n1, n2, k, out[i], *ws)
     res = out.astype(np.float64)
     if lo:

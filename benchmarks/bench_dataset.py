@@ -380,7 +380,7 @@ def main() -> None:
             },
         )
         for lk, lv in vol["loaders"].items():
-            print("  ", lk, {k: round(v, 3) for k, v in lv.items()})
+            print("  ", lk, {k: round(v, 3) for k, v in lv.items() if k != "runs"})
         print("   audit", vol["audit"])
     print("results:", h.write_results("dataset", payload, args.results))
 

@@ -796,7 +796,7 @@ def _fill(writer: _Writer, client: Any, volume: Any, geom: Mapping[str, Any],
                          [(i,) for i in range(len(plan.pct_blocks))],
                          lambda idx, v: samples.append(v), lambda: None))
     with _progress_bar(progress) as p:
-        _run_jobs(client, jobs, p, writer.path)
+        _run_jobs(client, jobs, p, writer.path, source=volume.data)
     with _writing(writer.path):
         for k in cell_sets:
             status[CELL_SETS[k]] = "complete"
@@ -968,12 +968,24 @@ def _group_shape(numblocks: Sequence[int], target: int) -> tuple[int, ...]:
     return tuple(g)
 
 
-def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None:
-    """Compute the groups of missing blocks of all jobs in one graph; hand results back by block.
+#: bytes of source chunks a wave of the filter pass may read (at least one chunk plane)
+WAVE_BYTES = 512 * 2**20
+
+
+def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str,
+              source: Any = None) -> None:
+    """Compute the groups of missing blocks of all jobs; hand results back by block.
 
     Each block's result is tiny; returning thousands of them one by one costs a scheduler round
     trip each, so neighbouring blocks are returned in groups of up to 16 (a group with any
     missing block is recomputed whole: resume granularity stays small).
+
+    With ``source`` (the volume's dask array), the groups are submitted in waves of consecutive
+    chunk planes along the source's first blocked axis, each reading about
+    :data:`WAVE_BYTES`: the region blocks' one-patch halo reaches into the next plane, and a
+    scheduler handed the whole graph at once reads planes far ahead of the kernels (peak
+    memory then grows with the volume). The chunks a wave shares with the next one are kept
+    (as futures) until the next wave is done, so every chunk is still read once.
     """
     from distributed import as_completed
 
@@ -984,18 +996,14 @@ def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None
     todo_delayed: list[Any] = []
     owner: dict[Any, tuple[_Job, tuple[int, ...], tuple[int, ...]]] = {}
     tasks = {}
-    shapes, colls = [], []
+    # no graph optimisation: dask's array optimisation inlines the chunk reads into their
+    # dependents (per collection, even with dask.optimize(*colls)), so a chunk shared by the
+    # region and cell jobs would be read twice; the scheduler runs only what the keys need
     for job in jobs:
         numblocks = job.collection.numblocks
         total = math.prod(numblocks)
         g = _group_shape(numblocks, max(1, min(16, total // (8 * nthreads))))
-        shapes.append(g)
-        colls.append(job.collection.rechunk(g) if math.prod(g) > 1 else job.collection)
-    # no graph optimisation: dask's array optimisation inlines the chunk reads into their
-    # dependents (per collection, even with dask.optimize(*colls)), so a chunk shared by the
-    # region and cell jobs would be read twice; the scheduler runs only what the keys need
-    for job, g, coll in zip(jobs, shapes, colls):
-        # per-group delayed objects of one optimised graph; computing a subset culls the rest
+        coll = job.collection.rechunk(g) if math.prod(g) > 1 else job.collection
         groups = coll.to_delayed(optimize_graph=False)
         todo_groups = sorted({tuple(i // k for i, k in zip(idx, g)) for idx in job.todo})
         for gidx in todo_groups:
@@ -1004,20 +1012,111 @@ def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str) -> None
             owner[d.key] = (job, gidx, g)
         if progress is not None:
             tasks[job.label] = progress.add_task(job.label, total=len(todo_groups))
-    futures = client.compute(todo_delayed, optimize_graph=False)
+    waves = _waves(todo_delayed, source)
+    held: dict[Any, Any] = {}  # carried chunk key -> (future, last wave that uses it)
     with client.as_current():
-        for fut, result in as_completed(futures, with_results=True):
-            job, gidx, g = owner[fut.key]
-            with _writing(output):
-                for off in np.ndindex(*result.shape):
-                    idx = tuple(a * k + o for a, k, o in zip(gidx, g, off))
-                    job.on_result(idx, result[off])
-            fut.release()
-            if progress is not None:
-                progress.advance(tasks[job.label])
+        for i, (wave, carry) in enumerate(waves):
+            futures = client.compute(wave, optimize_graph=False)
+            if carry:
+                for (d, last), f in zip(carry, client.compute([d for d, _ in carry],
+                                                              optimize_graph=False)):
+                    held[d.key] = (f, last)
+            for fut, result in as_completed(futures, with_results=True):
+                job, gidx, g = owner[fut.key]
+                with _writing(output):
+                    for off in np.ndindex(*result.shape):
+                        idx = tuple(a * k + o for a, k, o in zip(gidx, g, off))
+                        job.on_result(idx, result[off])
+                fut.release()
+                if progress is not None:
+                    progress.advance(tasks[job.label])
+            for k in [k for k, (_, last) in held.items() if last <= i]:
+                held.pop(k)[0].release()
+    for f, _ in held.values():
+        f.release()
     with _writing(output):
         for job in jobs:
             job.finish()
+
+
+def _waves(delayed: list[Any], source: Any) -> list[tuple[list[Any], list[tuple[Any, int]]]]:
+    """Split ``delayed`` into waves of consecutive source chunk rows (see :func:`_run_jobs`).
+
+    Groups are ordered by the chunk (plane, row) of the first two blocked axes of ``source``
+    they start in and cut into waves reading about :data:`WAVE_BYTES` each. Each wave comes
+    with Delayed handles of the source chunks it reads first and a later wave reads too, and
+    the index of the last wave that needs them.
+    """
+    from dask.core import get_dependencies
+    from dask.delayed import Delayed
+
+    if source is None or not delayed:
+        return [(delayed, [])]
+    name = source.name
+    axes = [a for a, n in enumerate(source.numblocks) if n > 1][:2]
+    if not axes:
+        return [(delayed, [])]
+    # the groups of one job share their collection's graph: merge each distinct graph once
+    graphs = {id(g): g for g in (d.__dask_graph__() for d in delayed)}
+    graph: dict[Any, Any] = {}
+    for g in graphs.values():
+        graph.update(g)
+    memo: dict[Any, frozenset[Any]] = {}
+
+    def loads(key: Any) -> frozenset[Any]:
+        # iterative DFS: the chunk keys of ``name`` a key depends on
+        stack = [key]
+        while stack:
+            k = stack[-1]
+            if k in memo:
+                stack.pop()
+                continue
+            if isinstance(k, tuple) and k and k[0] == name:
+                memo[k] = frozenset([k])
+                stack.pop()
+                continue
+            deps = [dk for dk in get_dependencies(graph, k) if dk in graph]
+            todo = [dk for dk in deps if dk not in memo]
+            if todo:
+                stack.extend(todo)
+                continue
+            memo[k] = frozenset().union(*(memo[dk] for dk in deps)) if deps else frozenset()
+            stack.pop()
+        return memo[key]
+
+    per = [(d, loads(d.key)) for d in delayed]
+    row = {d.key: min((tuple(k[1 + a] for a in axes) for k in ls), default=(0,) * len(axes))
+           for d, ls in per}
+    chunk_bytes = math.prod(c[0] for c in source.chunks) * source.dtype.itemsize
+    per.sort(key=lambda t: row[t[0].key])
+    waves: list[tuple[list[Any], set[Any]]] = []
+    cur: list[Any] = []
+    cur_loads: set[Any] = set()
+    last_row = None
+    for d, ls in per:
+        r = row[d.key]
+        if cur and r != last_row and len(cur_loads) * chunk_bytes >= WAVE_BYTES:
+            waves.append((cur, cur_loads))
+            cur, cur_loads = [], set()
+        cur.append(d)
+        cur_loads |= ls
+        last_row = r
+    if cur:
+        waves.append((cur, cur_loads))
+    first: dict[Any, int] = {}
+    last: dict[Any, int] = {}
+    for i, (_, ls) in enumerate(waves):
+        for k in ls:
+            first.setdefault(k, i)
+            last[k] = i
+    src_graph = source.__dask_graph__()
+    out = []
+    for i, (ds, ls) in enumerate(waves):
+        carry = [(Delayed(k, src_graph, layer=name), last[k]) for k in sorted(ls)
+                 if first[k] == i and last[k] > i]
+        out.append((ds, carry))
+    logger.debug("filter pass in %d wave(s) of source chunk rows", len(out))
+    return out
 
 
 def _stack_object_blocks(blocks: list[Any]) -> Any:

@@ -933,6 +933,16 @@ def _(ctx: Ctx) -> None:
     PatchDataset()
 
 
+@case("dataset-bad-batch-size")
+def _(ctx: Ctx) -> None:
+    _dataset(ctx, batch_size=0)
+
+
+@case("dataset-loader-batch-size-conflict")
+def _(ctx: Ctx) -> None:
+    _dataset(ctx, batch_size=8).loader(batch_size=16)
+
+
 @case("dataset-shuffle-window-not-int")
 def _(ctx: Ctx) -> None:
     _dataset(ctx, shuffle_window="a")

@@ -796,7 +796,9 @@ def _fill(writer: _Writer, client: Any, volume: Any, geom: Mapping[str, Any],
                          [(i,) for i in range(len(plan.pct_blocks))],
                          lambda idx, v: samples.append(v), lambda: None))
     with _progress_bar(progress) as p:
-        _run_jobs(client, jobs, p, writer.path, source=volume.data)
+        # waves only pay off for the halo'd region blocks; cell blocks stream chunk by chunk
+        _run_jobs(client, jobs, p, writer.path,
+                  source=volume.data if region_todo else None)
     with _writing(writer.path):
         for k in cell_sets:
             status[CELL_SETS[k]] = "complete"

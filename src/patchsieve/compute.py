@@ -1017,12 +1017,16 @@ def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str,
     waves = _waves(todo_delayed, source)
     held: dict[Any, Any] = {}  # carried chunk key -> (future, last wave that uses it)
     with client.as_current():
-        for i, (wave, carry) in enumerate(waves):
-            futures = client.compute(wave, optimize_graph=False)
-            if carry:
-                for (d, last), f in zip(carry, client.compute([d for d, _ in carry],
-                                                              optimize_graph=False)):
-                    held[d.key] = (f, last)
+        for i, (wave, sub, carry) in enumerate(waves):
+            if sub is None:
+                futures = client.compute(wave, optimize_graph=False)
+            else:
+                # the wave's own culled graph: the full one would be shipped with every wave
+                keys = [d.key for d in wave] + [k for k, _ in carry]
+                futs = client.get(sub, keys, sync=False)
+                futures = futs[: len(wave)]
+                for (k, last), f in zip(carry, futs[len(wave):]):
+                    held[k] = (f, last)
             for fut, result in as_completed(futures, with_results=True):
                 job, gidx, g = owner[fut.key]
                 with _writing(output):
@@ -1041,52 +1045,76 @@ def _run_jobs(client: Any, jobs: list[_Job], progress: Any, output: str,
             job.finish()
 
 
-def _waves(delayed: list[Any], source: Any) -> list[tuple[list[Any], list[tuple[Any, int]]]]:
+class _Deps:
+    """Dependencies of a materialised task graph: the chunk keys of array ``name`` each key
+    needs, and the sub-graph a set of keys needs."""
+
+    def __init__(self, graph: Mapping[Any, Any], name: str):
+        self.graph, self.name = graph, name
+        self._deps: dict[Any, list[Any]] = {}
+        self._loads: dict[Any, frozenset[Any]] = {}
+
+    def deps(self, key: Any) -> list[Any]:
+        from dask.core import get_dependencies
+
+        d = self._deps.get(key)
+        if d is None:
+            d = self._deps[key] = [k for k in get_dependencies(self.graph, key)
+                                   if k in self.graph]
+        return d
+
+    def loads(self, key: Any) -> frozenset[Any]:
+        memo = self._loads
+        stack = [key]  # iterative DFS (graphs are deep enough to hit the recursion limit)
+        while stack:
+            k = stack[-1]
+            if k in memo:
+                stack.pop()
+            elif isinstance(k, tuple) and k and k[0] == self.name:
+                memo[k] = frozenset([k])
+                stack.pop()
+            else:
+                todo = [dk for dk in self.deps(k) if dk not in memo]
+                if todo:
+                    stack.extend(todo)
+                    continue
+                deps = self.deps(k)
+                memo[k] = frozenset().union(*(memo[dk] for dk in deps)) if deps else frozenset()
+                stack.pop()
+        return memo[key]
+
+    def subgraph(self, keys: Sequence[Any]) -> dict[Any, Any]:
+        sub: dict[Any, Any] = {}
+        stack = list(keys)
+        while stack:
+            k = stack.pop()
+            if k not in sub:
+                sub[k] = self.graph[k]
+                stack.extend(self.deps(k))
+        return sub
+
+
+def _waves(delayed: list[Any], source: Any
+           ) -> list[tuple[list[Any], dict[Any, Any] | None, list[tuple[Any, int]]]]:
     """Split ``delayed`` into waves of consecutive source chunk rows (see :func:`_run_jobs`).
 
     Groups are ordered by the chunk (plane, row) of the first two blocked axes of ``source``
     they start in and cut into waves reading about :data:`WAVE_BYTES` each. Each wave comes
-    with Delayed handles of the source chunks it reads first and a later wave reads too, and
-    the index of the last wave that needs them.
+    with its culled task graph and the source chunk keys it reads first that a later wave
+    reads too, with the index of the last wave that needs them.
     """
-    from dask.core import get_dependencies
-    from dask.delayed import Delayed
-
     if source is None or not delayed:
-        return [(delayed, [])]
-    name = source.name
+        return [(delayed, None, [])]
     axes = [a for a, n in enumerate(source.numblocks) if n > 1][:2]
     if not axes:
-        return [(delayed, [])]
+        return [(delayed, None, [])]
     # the groups of one job share their collection's graph: merge each distinct graph once
     graphs = {id(g): g for g in (d.__dask_graph__() for d in delayed)}
     graph: dict[Any, Any] = {}
     for g in graphs.values():
         graph.update(g)
-    memo: dict[Any, frozenset[Any]] = {}
-
-    def loads(key: Any) -> frozenset[Any]:
-        # iterative DFS: the chunk keys of ``name`` a key depends on
-        stack = [key]
-        while stack:
-            k = stack[-1]
-            if k in memo:
-                stack.pop()
-                continue
-            if isinstance(k, tuple) and k and k[0] == name:
-                memo[k] = frozenset([k])
-                stack.pop()
-                continue
-            deps = [dk for dk in get_dependencies(graph, k) if dk in graph]
-            todo = [dk for dk in deps if dk not in memo]
-            if todo:
-                stack.extend(todo)
-                continue
-            memo[k] = frozenset().union(*(memo[dk] for dk in deps)) if deps else frozenset()
-            stack.pop()
-        return memo[key]
-
-    per = [(d, loads(d.key)) for d in delayed]
+    dep = _Deps(graph, source.name)
+    per = [(d, dep.loads(d.key)) for d in delayed]
     row = {d.key: min((tuple(k[1 + a] for a in axes) for k in ls), default=(0,) * len(axes))
            for d, ls in per}
     chunk_bytes = math.prod(c[0] for c in source.chunks) * source.dtype.itemsize
@@ -1111,12 +1139,12 @@ def _waves(delayed: list[Any], source: Any) -> list[tuple[list[Any], list[tuple[
         for k in ls:
             first.setdefault(k, i)
             last[k] = i
-    src_graph = source.__dask_graph__()
     out = []
     for i, (ds, ls) in enumerate(waves):
-        carry = [(Delayed(k, src_graph, layer=name), last[k]) for k in sorted(ls)
-                 if first[k] == i and last[k] > i]
-        out.append((ds, carry))
+        carry = [(k, last[k]) for k in sorted(ls) if first[k] == i and last[k] > i]
+        # chunks carried from earlier waves are in the sub-graph too: the scheduler finds
+        # them in memory under the same key and does not read them again
+        out.append((ds, dep.subgraph([d.key for d in ds]), carry))
     logger.debug("filter pass in %d wave(s) of source chunk rows", len(out))
     return out
 

@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --setup-venvs
 
 ## make bench-large: out-of-core benchmarks (benchmarks/bench_large.py) on one volume larger than
-## RAM (large-ram, 30 GiB; ~17 GB of disk), generated once into .bench-cache and reused; checks the
+## RAM (large-ram, 30 GiB; ~18 GB of disk), generated once into .bench-cache and reused; checks the
 ## free disk first and prints the command that deletes it (asks when run from a terminal)
 bench-large: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --large

@@ -1,7 +1,7 @@
 """Out-of-core benchmarks on one volume larger than RAM (``make bench-large``; issues 5, 6, 10).
 
 One large volume, ``large-ram`` of ``benchmarks/data.py`` (960x4096x4096 uint16 ZYX, 30 GiB
-uncompressed, about 17 GB of zstd Zarr on disk: more than this 24 GiB machine's RAM), is
+uncompressed, 17.9 GB of zstd Zarr on disk: more than this 24 GiB machine's RAM), is
 generated once into the cache and reused; the free disk is checked first (the run is skipped
 with a message when it is too small) and the exact delete command is printed at the end (with a
 prompt when stdin is a terminal). ``large-2g`` (64x4096x4096, 2 GiB) is the small reference

@@ -306,11 +306,17 @@ def main() -> None:
         _rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     ap = h.bench_argparser(__doc__.splitlines()[0])
-    ap.add_argument("--careamics", action="store_true", help="also run CAREamics' dataloader")
+    ap.add_argument("--careamics", action="store_true",
+                    help="also run CAREamics' dataloader (default when its venv exists, see "
+                         "benchmarks/careamics-env.sh)")
+    ap.add_argument("--no-careamics", action="store_true", help="skip CAREamics' dataloader")
     ap.add_argument("--rss", action="store_true", help="also peak RSS 2 GiB vs 16 GiB volume")
     ap.add_argument("--rss-only", action="store_true", help="only the peak RSS comparison")
     ap.add_argument("--rss-patches", type=int, default=4096, help="patches read in --rss")
     args = ap.parse_args()
+    care_venv = os.environ.get("PATCHSIEVE_CAREAMICS_VENV") or h.CAREAMICS_VENV
+    if not args.no_careamics and h.venv_python(care_venv).exists():
+        args.careamics = True  # make bench sets the venv up first: compare by default
     threads = h.set_threads(args.threads)
     if args.rss_only:
         rows, rss = bench_rss(args)

@@ -309,7 +309,6 @@ def main() -> None:
     ap.add_argument("--careamics", action="store_true",
                     help="also run CAREamics' dataloader (default when its venv exists, see "
                          "benchmarks/careamics-env.sh)")
-    ap.add_argument("--no-careamics", action="store_true", help="skip CAREamics' dataloader")
     ap.add_argument("--rss", action="store_true", help="also peak RSS 2 GiB vs 16 GiB volume")
     ap.add_argument("--rss-only", action="store_true", help="only the peak RSS comparison")
     ap.add_argument("--rss-patches", type=int, default=4096, help="patches read in --rss")

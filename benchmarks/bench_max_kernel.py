@@ -189,7 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     results = run(args)
     if not args.no_write:
-        H.write_results("max_kernel", {"results": results, "args": vars(args),
+        summary = [H.summary_row(f"Max-coverage kernel, {label}", r["kernel_s"]["median_s"] / r["blocks"],
+                                 "s/block", baseline="read+sum of the same block",
+                                 baseline_value=r["read_s"]["median_s"] / r["blocks"],
+                                 better="lower")
+                   for label, r in results.items()]
+        H.write_results("max_kernel", {"results": results, "args": vars(args), "summary": summary,
                                        "machine": H.machine_info(), "versions": H.versions(),
                                        "threads": H.thread_settings(),
                                        "wall_s": time.perf_counter() - t0})

@@ -330,8 +330,9 @@ def test_sigkill_with_the_sidecar_on_s3_then_resume(tmp_path: Path, s3_bucket: A
     from patchsieve.config import MaxPatchFilterConfig, ShannonPatchFilterConfig
     from patchsieve.errors import SidecarIncompleteError
 
-    # 128 blocks (markers flush by 64): every block and marker is a PUT
-    src = write_source(tmp_path / "src.zarr", n_samples=8, chunk=(32, 32))
+    # 1,024 region blocks: the client flushes values and markers every 2 s or 512 blocks, so the
+    # run must span several flushes for a kill to land between two of them
+    src = write_source(tmp_path / "src.zarr", n_samples=64, chunk=(32, 32))
     opts = s3_bucket.storage_options
     out = f"{s3_bucket.url}/killed.patchsieve.zarr"
     cmd = [*cli_command(src, Path("unused"), patch=(16, 16)), "--endpoint-url",

@@ -124,7 +124,7 @@ def bench_ratios(args) -> list[dict]:
                                       note=f"{h.mb_per_s(nbytes, read_s):.0f} MB/s; runs {read.runs_s}"))
             for name in args.filters:
                 cfg = _configs(name, mask)
-                t = h.median_time(lambda c=cfg: run_pass(client, url, c, tmp / f"{name}.zarr"),
+                t = h.median_time(lambda c=cfg, n=name: run_pass(client, url, c, tmp / f"{n}.zarr"),
                                   repeat=args.repeat)
                 rows.append(h.summary_row(f"filter pass {name}", t.median_s, "s",
                                           baseline="plain Dask read", baseline_value=read_s,

@@ -18,6 +18,10 @@ import importlib
 from typing import Any
 
 from patchsieve._version import __version__
+
+# ``compute`` is both a submodule and a function: bind the function eagerly, otherwise importing
+# the submodule anywhere would leave ``patchsieve.compute`` pointing at the module.
+from patchsieve.compute import compute  # noqa: E402
 from patchsieve.errors import (
     AxesError,
     ClusterError,
@@ -33,10 +37,6 @@ from patchsieve.errors import (
     VolumeError,
     VolumeNotFoundError,
 )
-
-# ``compute`` is both a submodule and a function: bind the function eagerly, otherwise importing
-# the submodule anywhere would leave ``patchsieve.compute`` pointing at the module.
-from patchsieve.compute import compute  # noqa: E402
 
 #: public name -> module that defines it (imported on first access)
 _LAZY = {

@@ -394,3 +394,29 @@ def test_resume_reads_only_the_chunks_missing_blocks_need(tmp_path, client, stac
     data_reads = [r for r in reads if r != "Ellipsis"]
     assert 0 < len(data_reads) <= 3 * 2, data_reads  # sample 3's chunks only
     assert all(r.startswith("(slice(3, 4") for r in data_reads), data_reads
+
+
+def test_resume_keeps_arrays_written_with_other_chunks(tmp_path, client, stack):
+    """A side-car begun with other zarr chunks (an older version) resumes with its values."""
+    from patchsieve import compute
+
+    src, _ = stack
+    out = tmp_path / "o.patchsieve.zarr"
+    compute(src, _shannon(), (32, 32), out, client=client)
+    g = zarr.open_group(str(out), mode="r+")
+    want = np.asarray(g["stats/entropy"][...])
+    # rewrite the stats array with one chunk per region block, as older versions did
+    g.create_array("stats/entropy", shape=want.shape, chunks=(1, 2, 2), dtype="float64",
+                   fill_value=np.nan, overwrite=True)[...] = want
+    key = next(k for k in g["progress"].array_keys() if k.startswith("stats_"))
+    done = np.asarray(g["progress"][key][...])
+    done[2:] = 0
+    g["progress"][key][...] = done
+    meta = dict(g.attrs["patchsieve"])
+    meta["status"] = {**meta["status"], "stats/entropy": "incomplete"}
+    meta["complete"] = False
+    g.attrs["patchsieve"] = meta
+    compute(src, _shannon(), (32, 32), out, client=client)
+    g = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(np.asarray(g["stats/entropy"][...]), want)
+    assert g["stats/entropy"].chunks == (1, 2, 2)

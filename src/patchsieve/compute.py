@@ -521,7 +521,9 @@ class _Writer:
         chunks = _coarse_chunks(shape, chunks)
         try:
             arr = self.group[key]
-            if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == tuple(chunks):
+            # an existing array of the right shape and dtype is kept whatever its chunks (a
+            # side-car begun by an older version resumes with its values intact)
+            if tuple(arr.shape) == tuple(shape) and arr.dtype == np.dtype(dtype):
                 return arr
         except KeyError:
             pass

@@ -725,11 +725,10 @@ def regions_from_cells(
     -------
     ndarray of float64, ``(L, *grid_shape)``: equal, bit for bit, to :func:`region_stats`.
     """
-    from patchsieve.filters._kernels import _combine_cells, valid_counts
+    from patchsieve.filters._kernels import _combine_cells, combine_moments, valid_counts
 
     ps = tuple(int(p) for p in patch_size)
     n = tuple(int(g) for g in grid_shape)
-    nd = len(ps)
     if stat == "mask_coverage":
         c = _pad_cells(np.asarray(cells["nonzero"], dtype=np.int64), n, 0)
         if border == "careamics":
@@ -746,18 +745,6 @@ def regions_from_cells(
         counts = _pad_cells(_cell_counts_in(spatial_shape, ps)[None].astype(np.float64), n, 0.0)[0]
     s = _pad_cells(np.asarray(cells["sum"], dtype=np.float64), n, 0.0)
     m2 = _pad_cells(np.asarray(cells["m2"], dtype=np.float64), n, 0.0)
-    cnt_a = np.broadcast_to(counts, s.shape)
-    # the combination of _kernels._mean_std_jit, step for step
-    n_r = _combine_cells(np.ascontiguousarray(cnt_a))
-    s_r = _combine_cells(s)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = s_r / n_r
-        if stat == "mean":
-            return np.where(n_r == 0, 0.0, mean)
-        cm = np.where(cnt_a > 0, s / np.where(cnt_a > 0, cnt_a, 1), 0.0)
-        m2_r = _combine_cells(m2)
-        for o in np.ndindex(*(2,) * nd):
-            sl = (slice(None), *(slice(oi, oi + ni) for oi, ni in zip(o, n)))
-            m2_r = m2_r + cnt_a[sl] * (cm[sl] - mean) ** 2
-        std = np.sqrt(np.maximum(m2_r / n_r, 0.0))
-    return np.where(n_r == 0, 0.0, std)
+    cnt_a = np.ascontiguousarray(np.broadcast_to(counts, s.shape))
+    mean, std = combine_moments(cnt_a, s, m2, n)  # the in-memory kernel's own combination
+    return mean if stat == "mean" else std

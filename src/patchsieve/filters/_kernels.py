@@ -147,6 +147,16 @@ def _mean_std_jit(slab, patch_size, n, border: Border):
     kern(x, *ps3, *cshape, border == "careamics", cnt, s, m2)
     if nd == 2:
         cnt, s, m2 = cnt[:, 0], s[:, 0], m2[:, 0]
+    return combine_moments(cnt, s, m2, n)
+
+
+def combine_moments(
+    cnt: NDArray[np.float64], s: NDArray[np.float64], m2: NDArray[np.float64], n: Sequence[int]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Region mean and std from per-cell count/sum/M2 ``(L, *(n + 1))``: Chan et al.'s
+    combination of the ``2**ndim`` cells of each region (shared by the in-memory kernel and
+    the filter pass's cell route, so both give the same bits)."""
+    nd = len(n)
     n_r = _combine_cells(cnt)
     s_r = _combine_cells(s)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -126,19 +126,22 @@ def region_mean_std(
     return np.where(empty, 0.0, m + shift), np.where(empty, 0.0, np.sqrt(var))
 
 
+def _lift_3d(x: np.ndarray, patch_size: Sequence[int], n: Sequence[int]
+             ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
+    """``(L, *spatial)`` as ``(L, Z, Y, X)`` for the 3D numba kernels (2D gets Z = 1), with the
+    3D patch size and the ``n + 1`` cells per axis of a region block."""
+    if len(patch_size) == 2:
+        return x[:, None], (1, *patch_size), (1, *(ni + 1 for ni in n))
+    return x, tuple(patch_size), tuple(ni + 1 for ni in n)
+
+
 def _mean_std_jit(slab, patch_size, n, border: Border):
     """Per-cell count/sum/M2 (numba, deterministic per cell whatever the chunking), then
     Chan et al.'s pairwise combination of the ``2**ndim`` cells of each region."""
     small_int = slab.dtype.kind in "ui" and slab.dtype.itemsize <= 2  # exact as float32
     x = np.ascontiguousarray(slab, dtype=None if small_int else np.float32)
     nd = len(patch_size)
-    if nd == 2:
-        x = x[:, None]
-        ps3 = (1, *patch_size)
-        cshape = (1, *(ni + 1 for ni in n))
-    else:
-        ps3 = tuple(patch_size)
-        cshape = tuple(ni + 1 for ni in n)
+    x, ps3, cshape = _lift_3d(x, patch_size, n)
     shape = (x.shape[0], *cshape)
     cnt = np.empty(shape)
     s = np.empty(shape)
@@ -540,13 +543,7 @@ def _entropy_hist_jit(slab, patch_size, n, border: Border, lo: float, nbins: int
     nd = len(patch_size)
     L = slab.shape[0]
     x = slab if slab.flags.c_contiguous else np.ascontiguousarray(slab)
-    if nd == 2:
-        x = x[:, None]
-        ps3 = (1, *patch_size)
-        cshape = (1, *(ni + 1 for ni in n))
-    else:
-        ps3 = tuple(patch_size)
-        cshape = tuple(ni + 1 for ni in n)
+    x, ps3, cshape = _lift_3d(x, patch_size, n)
     ilo = int(lo)
     hist = np.zeros((L, *cshape, nbins), dtype=np.int32)
     _jit.cell_histograms(x, ilo, *ps3, border == "careamics", -ilo, hist)

@@ -267,3 +267,58 @@ def test_blockwise_preparation_gives_the_same_patches(syx, monkeypatch, batch_si
     assert len(whole) == len(blocks) > 2
     for u, v in zip(whole, blocks, strict=True):
         _same(u, v)
+
+
+# --------------------------------------------------------------------------- batch ring
+def _ring_make(syx, **kw):
+    src, tgt, _, sc = syx
+    return PatchDataset(src, sidecar=sc, target=tgt, seed=11, return_metadata=True, **kw)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_ring_batches_equal_fresh_tensors_and_survive_reuse(syx, context):
+    """Workers write batches into reused shared slots; the loader hands out copies: batches
+    kept across many slot reuses, an epoch left early and the next one (persistent workers)
+    equal the per-item DataLoader collation."""
+    kw = {"num_workers": 2, "multiprocessing_context": context}
+    ring = _ring_make(syx, batch_size=2).loader(persistent_workers=True, prefetch_factor=1, **kw)
+    plain = _ring_make(syx).loader(batch_size=2, **kw)
+    it = iter(ring)
+    head = [next(it) for _ in range(3)]  # epoch 0 left early: its slots must be reclaimed
+    del it
+    want0 = list(plain)
+    for u, v in zip(head, want0[:3], strict=True):
+        _same(u, v)
+    got1 = list(ring)  # epoch 1 with the same (persistent) workers; slots reused many times
+    want1 = list(plain)
+    assert len(got1) == len(want1) > 2 * 2 * (1 + 2)  # every slot of both workers reused
+    for u, v in zip(got1, want1, strict=True):
+        _same(u, v)
+    assert ring.ring_batches == len(head) + len(got1)  # no batch fell back to a fresh tensor
+
+
+@pytest.mark.cluster
+def test_ring_full_falls_back_to_fresh_tensors(syx, monkeypatch):
+    import patchsieve.dataset as dsmod
+
+    monkeypatch.setattr(dsmod, "RING_EXTRA_SLOTS", -1)  # one slot per worker
+    monkeypatch.setattr(dsmod, "RING_WAIT_S", 0.0)  # never wait for it
+    kw = {"num_workers": 2, "multiprocessing_context": "fork", "prefetch_factor": 2}
+    ring = _ring_make(syx, batch_size=4).loader(**kw)
+    got = list(ring)
+    want = list(_ring_make(syx).loader(batch_size=4, **kw))
+    assert len(got) == len(want)
+    for u, v in zip(got, want, strict=True):
+        _same(u, v)
+    assert 0 < ring.ring_batches < len(got)  # both routes were taken
+
+
+@pytest.mark.cluster
+def test_ring_not_used_without_workers_or_with_pinned_memory(syx):
+    ds = _ring_make(syx, batch_size=8)
+    for ld in (ds.loader(num_workers=0), ds.loader(num_workers=2, multiprocessing_context="fork",
+                                                   pin_memory=True)):
+        n = sum(1 for _ in ld)
+        assert n > 0 and ld.ring_batches == 0
+    assert ds._ring is None  # the loader never leaves its ring on the dataset

@@ -81,8 +81,9 @@ _STAT_FIELDS = 4  # patches, cache hits, cache misses, decoded bytes read
 PREFETCH_THREADS = 2  # background chunk decoders per reader (and process)
 PREFETCH_AHEAD = 3  # chunks decoded ahead, in order of first use (at most 1/4 of the cache)
 PREPARE_BLOCK = 4096  # patches whose geometry is prepared at once (cache look-ahead: 2 blocks)
+GATHER_MIN = 6  # patches of one chunk in a batch cut with one strided gather (fewer: slicing)
 RING_WAIT_S = 0.05  # a worker waits this long for a free batch slot, then sends a fresh tensor
-RING_EXTRA_SLOTS = 2  # batch slots per worker beyond the loader's prefetch_factor
+RING_EXTRA_SLOTS = 1  # batch slots per worker beyond the loader's prefetch_factor
 
 
 # --------------------------------------------------------------------------- chunk reader
@@ -476,14 +477,16 @@ class _Cutter:
         starts = [0, *cuts.tolist()]
         ends = [*cuts.tolist(), len(rows)]
         loc = self.loc[p0:p1]
+        locl = loc.tolist()
+        is_sample, sizes, nd = self.is_sample, self.sizes, self.nd
         for s, e in zip(starts, ends, strict=True):
             block = self._block(p0 + int(rows[s]))
-            if e - s == 1:
-                q = int(rows[s])
-                li = loc[q].tolist()
-                box = block[tuple(li[j] if self.is_sample[j] else slice(li[j], li[j] + self.sizes[j])
-                                  for j in range(self.nd))]
-                out[q] = self._arrange(box)
+            if e - s < GATHER_MIN:  # a few patches: plain slicing is cheaper than a strided view
+                for q in rows[s:e].tolist():
+                    li = locl[q]
+                    box = block[tuple(li[j] if is_sample[j] else slice(li[j], li[j] + sizes[j])
+                                      for j in range(nd))]
+                    out[q] = self._arrange(box)
                 continue
             sel = rows[s:e]
             view = np.lib.stride_tricks.sliding_window_view(block, self.window)
@@ -1259,7 +1262,7 @@ class PatchDataset(IterableDataset):
                 "is_background": part["background"].astype(bool),
             }
         if slot is not None:
-            return _RingBatch(info.id, slot, b1 - b0, meta)
+            return ring.message(info.id, slot, b1 - b0, meta)
         return _batch_items(tensors, meta)
 
     def _counters(self) -> np.ndarray:
@@ -1275,9 +1278,12 @@ class PatchDataset(IterableDataset):
 
     def _record(self, slot: int, done: int) -> None:
         """Publish this iteration's read counters to the shared table (cumulative per slot)."""
-        now = self._counters() - self._counters0
-        now[0] = done
-        self._stats[slot] = torch.from_numpy(self._stats_base + now)
+        r, t = self._reader, self._target_reader
+        row, base, c0 = self._stats.numpy()[slot], self._stats_base, self._counters0
+        row[0] = base[0] + done
+        row[1] = base[1] + r.hits + (t.hits if t else 0) - c0[1]
+        row[2] = base[2] + r.misses + (t.misses if t else 0) - c0[2]
+        row[3] = base[3] + r.bytes_read + (t.bytes_read if t else 0) - c0[3]
 
     def _geometry(
         self, dims: Sequence[str], chans: Sequence[int], part: np.ndarray
@@ -1423,15 +1429,25 @@ def _batch_items(tensors: Sequence[torch.Tensor], meta: Mapping[str, np.ndarray]
 
 
 class _RingBatch:
-    """What a worker sends for a batch written into a ring slot (no tensor data)."""
+    """What a worker sends for a batch written into a ring slot: the slot, and the slot's
+    shared tensors only until the loader has them."""
 
-    __slots__ = ("meta", "n", "slot", "worker")
+    __slots__ = ("meta", "n", "slot", "tensors", "worker")
 
-    def __init__(self, worker: int, slot: int, n: int, meta: Mapping[str, np.ndarray] | None):
-        self.worker, self.slot, self.n, self.meta = worker, slot, n, meta
+    def __init__(self, worker: int, slot: int, n: int, meta: Mapping[str, np.ndarray] | None,
+                 tensors: list[torch.Tensor] | None):
+        self.worker, self.slot, self.n, self.meta, self.tensors = worker, slot, n, meta, tensors
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_RingBatch, (self.worker, self.slot, self.n, self.meta))
+        return (_RingBatch, (self.worker, self.slot, self.n, self.meta, self.tensors))
+
+
+def _shared_empty(shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised float32 tensor in shared memory (pages are touched only when written;
+    ``share_memory_`` would copy a whole new tensor)."""
+    shape = [int(s) for s in shape]
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
 
 
 class _BatchRing:
@@ -1440,22 +1456,26 @@ class _BatchRing:
     Sending a fresh shared-memory tensor per batch (what ``default_collate`` does in workers)
     costs a segment, a file descriptor passed over a socket and a mapping per batch: about
     1 ms here, as long as cutting a 2D batch. Instead each worker writes its batches round robin
-    into ``slots`` preallocated slots and sends only the slot number; the loader copies the
-    batch out and frees the slot. ``taken[w, j]`` is 0 when slot ``j`` of worker ``w`` is free,
-    else the iteration (:attr:`gen`) that wrote it: a slot written by an earlier iteration is
-    free again (its batch was dropped when the iteration ended early). A worker whose next slot
-    is still taken waits up to :data:`RING_WAIT_S`, then sends a fresh tensor as usual.
+    into ``slots`` slots of its own, created on first use and sent once, and afterwards sends
+    only the slot number; the loader copies the batch out and frees the slot. ``taken[w, j]``
+    is 0 when slot ``j`` of worker ``w`` is free, else the iteration (:attr:`gen`) that wrote
+    it: a slot written by an earlier iteration is free again (its batch was dropped when that
+    iteration ended early). ``known[w, j]`` says the loader holds the slot's tensors. A worker
+    whose next slot is still taken waits up to :data:`RING_WAIT_S`, then sends a fresh tensor
+    as usual.
     """
 
     def __init__(self, num_workers: int, slots: int, shapes: Sequence[tuple[int, ...]]):
-        self.slots = int(slots)
-        self.bufs = [
-            torch.empty((num_workers, self.slots, *s), dtype=torch.float32).share_memory_()
-            for s in shapes
-        ]
+        self.slots, self.shapes = int(slots), [tuple(s) for s in shapes]
         self.taken = torch.zeros((num_workers, self.slots), dtype=torch.int64).share_memory_()
+        self.known = torch.zeros((num_workers, self.slots), dtype=torch.int8).share_memory_()
         self.gen = torch.ones(1, dtype=torch.int64).share_memory_()
-        self._next = 0  # per worker process: the next slot it writes
+        self._next = 0  # in a worker: the next slot it writes
+        self._mine: dict[int, list[torch.Tensor]] = {}  # in a worker: its slots' tensors
+        self._theirs: dict[tuple[int, int], list[torch.Tensor]] = {}  # in the loader
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_mine": {}, "_theirs": {}, "_next": 0}
 
     def new_iteration(self) -> None:
         """Called by the loader before each iteration: earlier slots become reusable."""
@@ -1477,12 +1497,28 @@ class _BatchRing:
         return j
 
     def view(self, k: int, worker: int, slot: int, n: int) -> torch.Tensor:
-        return self.bufs[k][worker, slot, :n]
+        """Batch ``k`` (input, target) of ``slot`` in a worker, ``n`` patches long."""
+        if slot not in self._mine:
+            self._mine[slot] = [_shared_empty(s) for s in self.shapes]
+        return self._mine[slot][k][:n]
+
+    def message(self, worker: int, slot: int, n: int, meta: Mapping[str, np.ndarray] | None
+                ) -> _RingBatch:
+        """What the worker sends: the slot's tensors ride along until the loader has them."""
+        tensors = None if self.known.numpy()[worker, slot] else self._mine[slot]
+        return _RingBatch(worker, slot, n, meta, tensors)
 
     def take(self, msg: _RingBatch) -> Any:
         """The batch of ``msg`` (copied out of its slot, which is freed)."""
-        tensors = [b[msg.worker, msg.slot, : msg.n].clone() for b in self.bufs]
-        self.taken[msg.worker, msg.slot] = 0
+        key = (msg.worker, msg.slot)
+        if msg.tensors is not None:
+            self._theirs[key] = msg.tensors
+            self.known[key] = 1
+        slot = self._theirs.get(key)
+        if slot is None:
+            raise RuntimeError(f"batch slot {key} arrived before its tensors (a patchsieve bug)")
+        tensors = [t[: msg.n].clone() for t in slot]
+        self.taken[key] = 0
         return _batch_items(tensors, msg.meta)
 
 

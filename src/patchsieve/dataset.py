@@ -23,8 +23,11 @@ Throughput (what the time goes to, and what keeps it low):
 * per-patch work: patch geometry is vectorised per shard; a patch is cast to float32 straight
   from the cached chunk (or assembled piece by piece into its output when it straddles chunks);
 * collation: ``PatchDataset(batch_size=64)`` cuts every patch straight into its slot of one
-  float32 batch (in shared memory inside DataLoader workers) instead of a tensor per patch
-  stacked by ``default_collate``; the batches are the same. Use it with :meth:`loader`.
+  float32 batch, storage chunk by storage chunk, instead of a tensor per patch stacked by
+  ``default_collate``; the batches are the same. Use it with :meth:`loader`;
+* transfer: the DataLoader workers of a :class:`PatchLoader` write those batches into a few
+  reused shared-memory slots and send only the slot number (:class:`_BatchRing`), instead of a
+  new shared-memory segment and file descriptor per batch.
 
 Example
 -------

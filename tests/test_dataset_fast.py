@@ -66,6 +66,84 @@ def test_raw_decoding_equals_zarr(tmp_path, layout, dtype):
         np.testing.assert_array_equal(a, data[sl])
 
 
+@pytest.mark.parametrize("nbytes", [1, 255, 256, 300, 65791, 65792, 70000, 2**20, 2**32 + 5])
+def test_decoded_size_reads_zstd_and_blosc_headers(nbytes):
+    import numcodecs
+
+    from patchsieve.dataset import _decoded_size
+
+    if nbytes < 2**24:
+        data = np.zeros(nbytes, np.uint8)
+        assert _decoded_size(numcodecs.Zstd().encode(data), "zstd") == nbytes
+        assert _decoded_size(numcodecs.Zstd(level=9).encode(data), "zstd") == nbytes
+        assert _decoded_size(numcodecs.Blosc().encode(data), "blosc") == nbytes
+    # hand-made frame headers: single segment with 8-byte content size, and a window
+    # descriptor + 4-byte dictionary id + 4-byte size
+    magic = b"\x28\xb5\x2f\xfd"
+    assert _decoded_size(magic + bytes([0xE0]) + nbytes.to_bytes(8, "little"), "zstd") == nbytes
+    if nbytes < 2**32:
+        frame = magic + bytes([0x83, 0x50]) + b"dict" + nbytes.to_bytes(4, "little")
+        assert _decoded_size(frame, "zstd") == nbytes
+    assert _decoded_size(magic + bytes([0x00, 0x50]) + b"xyz", "zstd") is None  # size unknown
+    assert _decoded_size(b"not a frame", "zstd") is None
+    assert _decoded_size(numcodecs.Zstd().encode(np.zeros(8, np.uint8)), None) is None
+
+
+@pytest.mark.parametrize("layout", ["v3-zstd", "v3-blosc", "v2-zstd", "v3-gzip"])
+def test_recycled_chunk_arrays_never_change_patches(tmp_path, layout):
+    """A tiny cache evicts constantly, so decoders keep reusing evicted chunk arrays (in
+    background threads); every box still equals the data."""
+    shape, chunks = (6, 70, 90), (2, 16, 16)
+    data = _data(shape, seed=4)
+    path = tmp_path / "a.zarr"
+    z = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint16", **LAYOUTS[layout])
+    z[:] = data
+    r = _reader(path, shape, cache_bytes=3 * 2 * 16 * 16 * 2)
+    rng = np.random.default_rng(1)
+    lo = np.stack([rng.integers(0, n - s + 1, 400) for n, s in zip(shape, (2, 20, 20), strict=True)],
+                  axis=1)
+    size = np.array([2, 20, 20])
+    ch = np.array(chunks)
+    from patchsieve.dataset import _future_uses
+
+    r.plan(_future_uses(lo // ch, (lo + size - 1) // ch))
+    keys = sorted({tuple(k) for k in (lo // ch).tolist()})
+    for i, a in enumerate(lo.tolist()):
+        r.now = i
+        for k in keys[i % len(keys): i % len(keys) + 3]:
+            r.prefetch(k)  # decoders run ahead into spare arrays
+        hi = [a[j] + size[j] for j in range(3)]
+        out = np.empty(tuple(size), np.float32)
+        r.read_into(a, hi, out, [False] * 3)
+        want = data[tuple(slice(x, y) for x, y in zip(a, hi, strict=True))]
+        np.testing.assert_array_equal(out, want)
+    if layout != "v3-gzip":
+        assert r._spare, "evicted chunk arrays should have been kept for reuse"
+
+
+def test_a_returned_chunk_stays_valid_until_the_next_call(tmp_path):
+    """Chunks that leave the cache are reused by the decoders, but never the one just handed
+    out: neither one not cached (no later use) nor one evicted by its own insertion."""
+    shape, chunks = (4, 16, 16), (1, 16, 16)
+    data = _data(shape, seed=2)
+    path = tmp_path / "a.zarr"
+    zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint16")[:] = data
+    one = 16 * 16 * 2
+    # (cache bytes, planned uses, keys read in order; the position stays 0, as in a batch)
+    cases = ((one, {(0, 0, 0): [0]}, [(1, 0, 0)]),  # not in the plan: not cached
+             (one, {(0, 0, 0): [3], (1, 0, 0): [7]}, [(0, 0, 0), (1, 0, 0)]))  # evicts itself
+    for cache, uses, order in cases:
+        r = _reader(path, shape, cache_bytes=cache)
+        r.plan({k: np.asarray(v) for k, v in uses.items()})
+        r.now = 0
+        blocks = {key: r._chunk(key) for key in order}
+        last = order[-1]
+        assert last not in r._cache
+        for z in (2, 3):  # decodes as a background decoder would run them meanwhile
+            r._fetch((z, 0, 0))
+        np.testing.assert_array_equal(blocks[last], data[last[0]][None])
+
+
 def test_raw_decoding_declines_other_layouts(tmp_path):
     shape = (8, 32, 32)
     sharded = zarr.create_array(

@@ -104,6 +104,9 @@ class _RawChunks:
                  dtype: np.dtype, chunk_shape: tuple[int, ...]):
         self.root, self.chunk_key, self.decode = root, chunk_key, decode
         self.dtype, self.chunk_shape = dtype, chunk_shape
+        codec = getattr(decode, "__self__", None)  # the numcodecs codec of a bound decode
+        kind = getattr(codec, "codec_id", None)
+        self.inplace = kind if kind in ("zstd", "blosc") else None  # decodes into a given array
         self.nbytes = int(np.prod(chunk_shape)) * dtype.itemsize
 
     @classmethod
@@ -154,18 +157,47 @@ class _RawChunks:
             logger.debug("raw chunk decoding unavailable (%s); zarr decodes", err)
             return None
 
-    def read(self, key: tuple[int, ...]) -> np.ndarray | None:
-        """The whole decoded chunk ``key`` (read-only), or None (absent / unexpected size)."""
+    def read(self, key: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray | None:
+        """The whole decoded chunk ``key``, or None (absent / unexpected size).
+
+        zstd and blosc chunks whose header gives the expected size are decoded in place into
+        ``out`` (a spare whole-chunk array, else a new one): the arrays can be reused for later
+        chunks (:meth:`_ChunkReader._recycle`) instead of allocating, faulting in and freeing
+        a chunk's worth of fresh memory per decode. Others decode to a new read-only array.
+        """
         try:
             with open(os.path.join(self.root, self.chunk_key(key)), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None  # zarr knows the fill value
+        if self.inplace and _decoded_size(data, self.inplace) == self.nbytes:
+            dest = out if out is not None else np.empty(self.chunk_shape, self.dtype)
+            try:
+                self.decode(data, out=dest)
+                return dest
+            except (ValueError, RuntimeError) as err:  # not what the header said: decode anew
+                logger.debug("in-place decode of chunk %s failed (%s)", key, err)
         buf = self.decode(data) if self.decode is not None else data
         flat = np.frombuffer(buf, dtype=self.dtype)
         if flat.size * self.dtype.itemsize != self.nbytes:
             return None
         return flat.reshape(self.chunk_shape)
+
+
+def _decoded_size(data: bytes, kind: str | None) -> int | None:
+    """Decoded size announced by a zstd frame or blosc header (None: unknown / other codec)."""
+    if kind == "blosc":  # header: version, versionlz, flags, typesize, nbytes (uint32 LE), ...
+        return int.from_bytes(data[4:8], "little") if len(data) >= 16 else None
+    if kind != "zstd" or len(data) < 6 or data[:4] != b"\x28\xb5\x2f\xfd":
+        return None
+    desc = data[4]  # zstd frame header descriptor (RFC 8878, 3.1.1.1.1)
+    single = (desc >> 5) & 1
+    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[desc & 3]
+    size = (1 if single else 0, 2, 4, 8)[desc >> 6]
+    if size == 0 or len(data) < pos + size:
+        return None
+    value = int.from_bytes(data[pos : pos + size], "little")
+    return value + 256 if size == 2 else value
 
 
 class _ChunkReader:
@@ -204,14 +236,25 @@ class _ChunkReader:
         self._future: dict[tuple[int, ...], np.ndarray] | None = None
         self.now = 0
         self.hits = self.misses = self.bytes_read = 0
+        # whole-chunk arrays decoded in place (reusable once their chunk leaves the cache)
+        self._full: dict[tuple[int, ...], np.ndarray] = {}
+        self._spare: list[np.ndarray] = []
+        self._done: tuple[int, ...] | None = None  # a chunk used once, not cached: recycle next
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(
             _arr=None, _pid=None, _cache=OrderedDict(), _cached=0, _pool=None, _pending={}, _raw=None,
-            _future=None,
+            _future=None, _full={}, _spare=[], _done=None,
         )
         return state
+
+    def _recycle(self, key: tuple[int, ...]) -> None:
+        """Chunk ``key`` left the cache (nobody holds it: patches are copies): its array can
+        take the next decoded chunk."""
+        full = self._full.pop(key, None)
+        if full is not None and len(self._spare) < PREFETCH_THREADS + PREFETCH_AHEAD + 2:
+            self._spare.append(full)
 
     def _fetch(self, key: tuple[int, ...]) -> np.ndarray:
         sl = tuple(
@@ -219,8 +262,16 @@ class _ChunkReader:
         )
         arr = self.array()
         if self._raw is not None:
-            block = self._raw.read(key)
+            try:
+                spare = self._spare.pop()  # atomic: decoder threads call this too
+            except IndexError:
+                spare = None
+            block = self._raw.read(key, spare)
+            if spare is not None and block is not spare:
+                self._spare.append(spare)
             if block is not None:  # edge chunks are stored whole: keep the in-bounds part
+                if block.flags.writeable:
+                    self._full[key] = block
                 return block[tuple(slice(0, s.stop - s.start) for s in sl)]
         return np.asarray(arr[sl])
 
@@ -246,6 +297,7 @@ class _ChunkReader:
             self._cache.clear()
             self._cached = 0
             self._pool, self._pending = None, {}  # threads do not survive fork
+            self._full, self._spare, self._done = {}, [], None
             self._raw = _RawChunks.build(self._arr) if self.fast_decode else None
             if tuple(self._arr.shape) != self.shape:
                 raise SidecarMismatchError(
@@ -261,6 +313,11 @@ class _ChunkReader:
         return self._chunks
 
     def _chunk(self, key: tuple[int, ...]) -> np.ndarray:
+        """Decoded chunk ``key``. The caller copies what it needs before the next call: a
+        chunk evicted (or not cached) here is reused for later decodes."""
+        if self._done is not None:
+            self._recycle(self._done)
+            self._done = None
         block = self._cache.get(key)
         if block is not None:
             self._cache.move_to_end(key)
@@ -271,13 +328,19 @@ class _ChunkReader:
         block = pending.result() if pending is not None else self._fetch(key)
         self.bytes_read += block.nbytes
         if self._future is not None:
-            self._insert_belady(key, block)
+            cached = self._insert_belady(key, block)
         elif block.nbytes <= self.cache_bytes:
             self._cache[key] = block
             self._cached += block.nbytes
             while self._cached > self.cache_bytes:
-                _, old = self._cache.popitem(last=False)
-                self._cached -= old.nbytes
+                old, blk = self._cache.popitem(last=False)
+                self._cached -= blk.nbytes
+                self._recycle(old)
+            cached = True
+        else:
+            cached = False
+        if not cached:
+            self._done = key
         return block
 
     def plan(self, future: dict[tuple[int, ...], np.ndarray] | None) -> None:
@@ -294,14 +357,19 @@ class _ChunkReader:
         j = int(np.searchsorted(uses, self.now, side="left"))
         return float(uses[j]) if j < len(uses) else float("inf")
 
-    def _insert_belady(self, key: tuple[int, ...], block: np.ndarray) -> None:
+    def _insert_belady(self, key: tuple[int, ...], block: np.ndarray) -> bool:
+        """Cache ``block`` unless it is never needed again; evict by Belady's rule. Returns
+        whether it was cached."""
         if block.nbytes > self.cache_bytes or self._next_use(key) == float("inf"):
-            return
+            return False
         self._cache[key] = block
         self._cached += block.nbytes
         while self._cached > self.cache_bytes:
             victim = max(self._cache, key=self._next_use)
             self._cached -= self._cache.pop(victim).nbytes
+            if victim != key:  # the caller still needs `key` now: it is recycled later
+                self._recycle(victim)
+        return key in self._cache
 
     def read_into(
         self, lo: Sequence[int], hi: Sequence[int], out: np.ndarray, is_sample: Sequence[bool]

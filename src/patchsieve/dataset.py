@@ -1588,7 +1588,9 @@ class _BatchRing:
         slot = self._theirs.get(key)
         if slot is None:
             raise RuntimeError(f"batch slot {key} arrived before its tensors (a patchsieve bug)")
-        tensors = [t[: msg.n].clone() for t in slot]
+        # a numpy copy: torch splits a copy over its intra-op threads, which compete with the
+        # workers on a small machine (2 torch threads: 2D epoch at 19k instead of 29k patches/s)
+        tensors = [torch.from_numpy(t[: msg.n].numpy().copy()) for t in slot]
         self.taken[key] = 0
         return _batch_items(tensors, msg.meta)
 

@@ -7,8 +7,9 @@ Measured in one run, on the cached benchmark volumes (``benchmarks/data.py``):
   filter (``--quick``: ``vol3d``, 2x64x512x512 CZYX, channel 1).
 
 For each: patches/s of ``PatchDataset`` at num_workers 0 and 2 (fork and spawn), with single
-patches collated by the DataLoader (``loader(batch_size=64)``) and with batches collated in the
-dataset (``PatchDataset(batch_size=64)``), against the baseline of one zarr read per patch for the
+patches collated by the DataLoader (``loader(batch_size=64, collate_fn=default_collate)``, what a
+plain ``DataLoader(ds, batch_size=64)`` does) and with batches cut in the dataset
+(``PatchDataset(batch_size=64)``; ``ds.loader(batch_size=64)`` does the same), against the baseline of one zarr read per patch for the
 same plan (medians of --repeat, per epoch). Every loader runs two full ``per_epoch`` epochs with
 persistent workers: epoch 1 includes the worker start-up (reported apart as the time to its first
 batch), epoch 2 is the steady state. Epoch time at num_workers 2 against the time to read the whole
@@ -108,6 +109,8 @@ def _distinct_chunks_per_batch(ds, window: int | None) -> float:
 def bench_volume(name, ds_spec, cfg, patch, channels, args, careamics_inputs=None):
     import dask.array as da
 
+    from torch.utils.data import default_collate
+
     from patchsieve.dataset import PatchDataset
     from patchsieve.volume import open_zarr_array
 
@@ -155,7 +158,9 @@ def bench_volume(name, ds_spec, cfg, patch, channels, args, careamics_inputs=Non
             d = PatchDataset(url, sidecar=str(sc_path), channels=channels, seed=0,
                              batch_size=BATCH if batched else None)
             last[key] = d
-            kw = {"num_workers": nw} if batched else {"batch_size": BATCH, "num_workers": nw}
+            # not batched: patch by patch, stacked by the DataLoader's default_collate
+            kw = ({"num_workers": nw} if batched else
+                  {"batch_size": BATCH, "num_workers": nw, "collate_fn": default_collate})
             if nw:
                 kw.update(multiprocessing_context=ctx, persistent_workers=True)
             loader = d.loader(**kw)

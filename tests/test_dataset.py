@@ -148,11 +148,15 @@ def test_ranks_split_the_truncated_plan(syx):
 
 
 # --------------------------------------------------------------------------- DataLoader
+@pytest.mark.parametrize("collate", ["dataset", "default_collate"])
 @pytest.mark.parametrize("context", ["spawn", "fork"])
-def test_dataloader_two_workers(syx, context):
+def test_dataloader_two_workers(syx, context, collate):
+    from torch.utils.data import default_collate
+
     src, data, sc = syx
     ds = PatchDataset(src, sidecar=sc, return_metadata=True, seed=3)
-    loader = ds.loader(batch_size=16, num_workers=2, multiprocessing_context=context)
+    kw = {"collate_fn": default_collate} if collate == "default_collate" else {}
+    loader = ds.loader(batch_size=16, num_workers=2, multiprocessing_context=context, **kw)
     metas = []
     n_batches = 0
     for x, meta in loader:

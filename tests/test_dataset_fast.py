@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from torch.utils.data import DataLoader, default_collate
 
 from patchsieve.compute import compute
 from patchsieve.config import MaxPatchFilterConfig
@@ -263,7 +264,7 @@ def test_dataset_batches_equal_loader_collation(syx, num_workers, extra):
     if num_workers:
         lkw["multiprocessing_context"] = "fork"
     drop = bool(extra.get("drop_last"))
-    plain = make().loader(batch_size=16, drop_last=drop, **lkw)
+    plain = make().loader(batch_size=16, drop_last=drop, collate_fn=default_collate, **lkw)
     batched_ds = make(batch_size=16, drop_last=drop)
     batched = batched_ds.loader(**lkw)
     a, b = list(plain), list(batched)
@@ -361,7 +362,7 @@ def test_ring_batches_equal_fresh_tensors_and_survive_reuse(syx, context):
     equal the per-item DataLoader collation."""
     kw = {"num_workers": 2, "multiprocessing_context": context}
     ring = _ring_make(syx, batch_size=2).loader(persistent_workers=True, prefetch_factor=1, **kw)
-    plain = _ring_make(syx).loader(batch_size=2, **kw)
+    plain = _ring_make(syx).loader(batch_size=2, collate_fn=default_collate, **kw)
     it = iter(ring)
     head = [next(it) for _ in range(3)]  # epoch 0 left early: its slots must be reclaimed
     del it
@@ -385,7 +386,7 @@ def test_ring_full_falls_back_to_fresh_tensors(syx, monkeypatch):
     kw = {"num_workers": 2, "multiprocessing_context": "fork", "prefetch_factor": 2}
     ring = _ring_make(syx, batch_size=4).loader(**kw)
     got = list(ring)
-    want = list(_ring_make(syx).loader(batch_size=4, **kw))
+    want = list(_ring_make(syx).loader(batch_size=4, collate_fn=default_collate, **kw))
     assert len(got) == len(want)
     for u, v in zip(got, want, strict=True):
         _same(u, v)
@@ -400,3 +401,35 @@ def test_ring_not_used_without_workers_or_with_pinned_memory(syx):
         n = sum(1 for _ in ld)
         assert n > 0 and ld.ring_batches == 0
     assert ds._ring is None  # the loader never leaves its ring on the dataset
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_batch_size_cuts_batches_in_the_dataset(syx, num_workers):
+    """``ds.loader(batch_size=...)`` on a patch-by-patch dataset lets the dataset cut the
+    batches: the same batches, length and resume positions as a plain torch DataLoader."""
+    kw = {"num_workers": num_workers}
+    if num_workers:
+        kw["multiprocessing_context"] = "fork"
+    ds = _ring_make(syx)
+    fast = ds.loader(batch_size=6, **kw)
+    assert fast.batch_size is None and fast._batching() == (6, False)
+    want = list(DataLoader(_ring_make(syx), batch_size=6, **kw))
+    got = list(fast)
+    assert len(got) == len(want) == len(fast)
+    for u, v in zip(got, want, strict=True):
+        _same(u, v)
+    assert fast.ring_batches == (len(got) if num_workers else 0)
+    assert ds._loader_batching is None and ds.batch_size is None  # the dataset is unchanged
+    assert sum(1 for _ in ds) == len(ds)  # and still yields single patches
+    # resume after 3 batches: the rest of the epoch, as the patch-by-patch loader would
+    a = _ring_make(syx).loader(batch_size=6, **kw)
+    b = _ring_make(syx).loader(batch_size=6, collate_fn=default_collate, **kw)
+    for ld in (a, b):
+        it = iter(ld)
+        for _ in range(3):
+            next(it)
+        del it
+    assert a.state_dict() == b.state_dict()
+    with pytest.raises(ConfigError, match="batch_size"):
+        ds.loader(batch_size=0)

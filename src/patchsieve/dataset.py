@@ -874,6 +874,8 @@ class PatchDataset(IterableDataset):
         self._stats = torch.zeros(MAX_WORKERS + 1, _STAT_FIELDS, dtype=torch.float64).share_memory_()
         self._main_position = 0
         self._ring: _BatchRing | None = None  # set by a PatchLoader while it starts its workers
+        # (batch_size, drop_last) a PatchLoader asks for while it starts iterating (None: own)
+        self._loader_batching: tuple[int, bool] | None = None
         self._main_epoch = -1
 
     # ---- construction helpers
@@ -1227,6 +1229,11 @@ class PatchDataset(IterableDataset):
 
     # ---- iteration
     def __iter__(self) -> Iterator[Any]:
+        # read now (iter() runs inside the loader's start, before it clears the request)
+        batch_size, drop_last = self._loader_batching or (self.batch_size, self.drop_last)
+        return self._iterate(batch_size, drop_last)
+
+    def _iterate(self, batch_size: int | None, drop_last: bool) -> Iterator[Any]:
         info = get_worker_info()
         worker, nw = (0, 0) if info is None else (info.id, info.num_workers)
         if nw > MAX_WORKERS:
@@ -1250,15 +1257,15 @@ class PatchDataset(IterableDataset):
             readers.append((self._target_reader, self.target_channels))
         # geometry prepared block by block (bounded memory, fast first batch); a block is a
         # whole number of batches
-        block = PREPARE_BLOCK if self.batch_size is None else self.batch_size * max(
-            1, PREPARE_BLOCK // self.batch_size
+        block = PREPARE_BLOCK if batch_size is None else batch_size * max(
+            1, PREPARE_BLOCK // batch_size
         )
         blocks = _BlockCuts(self, todo, readers, block)
         cuts = [functools.partial(blocks, k) for k in range(len(readers))]
-        if self.batch_size is not None:
-            for b0 in range(0, len(todo), self.batch_size):
-                b1 = min(b0 + self.batch_size, len(todo))
-                if self.drop_last and b1 - b0 < self.batch_size:
+        if batch_size is not None:
+            for b0 in range(0, len(todo), batch_size):
+                b1 = min(b0 + batch_size, len(todo))
+                if drop_last and b1 - b0 < batch_size:
                     break
                 batch = self._load_batch(todo, blocks, b0, b1)
                 self._record(slot, b1)
@@ -1601,6 +1608,11 @@ class PatchLoader(DataLoader):
     Each new iteration uses the next epoch unless :meth:`PatchDataset.set_epoch` or
     :meth:`load_state_dict` chose one; :meth:`state_dict` converts the batches consumed so far
     into per-worker positions (``worker_positions_from_batches``).
+
+    With ``batch_size`` and no ``collate_fn`` the dataset cuts whole batches (as
+    ``PatchDataset(batch_size=...)`` does): the same batches as ``default_collate`` stacks,
+    with fewer copies; :attr:`batch_size` is then None, as the DataLoader batches nothing. Pass
+    ``collate_fn=torch.utils.data.default_collate`` to collate patch by patch instead.
     """
 
     dataset: PatchDataset
@@ -1624,6 +1636,17 @@ class PatchLoader(DataLoader):
                     "the dataset only."
                 )
             kwargs["batch_size"] = None
+        self._auto_batching: tuple[int, bool] | None = None
+        if (dataset.batch_size is None and kwargs.get("collate_fn") is None
+                and kwargs.get("batch_size", 1) is not None):
+            # the dataset cuts the batches (same batches as default_collate, fewer copies)
+            bs = kwargs.pop("batch_size", 1)
+            if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or int(bs) <= 0:
+                raise ConfigError(
+                    f"batch_size must be a positive integer (or None: single patches); got {bs!r}."
+                )
+            self._auto_batching = (int(bs), bool(kwargs.pop("drop_last", False)))
+            kwargs["batch_size"] = None
         super().__init__(dataset, **kwargs)
         self._iterated = False
         self._epoch_seen = dataset.epoch
@@ -1644,10 +1667,11 @@ class PatchLoader(DataLoader):
         if ring is not None:
             ring.new_iteration()
             ds._ring = ring  # the workers started (or resumed) below take it with the dataset
+        ds._loader_batching = self._auto_batching  # so do the workers and iter(ds) at nw0
         try:
             batches = super().__iter__()
         finally:
-            ds._ring = None
+            ds._ring, ds._loader_batching = None, None
         for batch in batches:
             if isinstance(batch, _RingBatch):
                 if ring is None:
@@ -1660,13 +1684,14 @@ class PatchLoader(DataLoader):
     def _batch_ring(self) -> _BatchRing | None:
         """The ring the workers write batches into (in-dataset batches, workers, no pinning)."""
         ds = self.dataset
-        if self.num_workers == 0 or ds.batch_size is None or self.pin_memory:
+        bs = ds.batch_size or (self._auto_batching or (None,))[0]
+        if self.num_workers == 0 or bs is None or self.pin_memory:
             return None
         if self._ring is None or not self.persistent_workers:
             # persistent workers keep the ring they started with; fresh workers get a fresh one
-            shapes = [(ds.batch_size, len(ds.channels), *ds.patch_size)]
+            shapes = [(bs, len(ds.channels), *ds.patch_size)]
             if ds._target_reader is not None:
-                shapes.append((ds.batch_size, len(ds.target_channels), *ds.patch_size))
+                shapes.append((bs, len(ds.target_channels), *ds.patch_size))
             slots = max(int(self.prefetch_factor or 2) + RING_EXTRA_SLOTS, 1)
             self._ring = _BatchRing(self.num_workers, slots, shapes)
         return self._ring
@@ -1676,6 +1701,8 @@ class PatchLoader(DataLoader):
         ds = self.dataset
         if ds.batch_size is not None:
             return ds.batch_size, ds.drop_last
+        if self._auto_batching is not None:
+            return self._auto_batching
         return self.batch_size or 1, bool(self.drop_last)
 
     def __len__(self) -> int:

@@ -127,6 +127,10 @@ class PatchDataModule(pl.LightningDataModule):
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
         }
+        if not self.collate_in_dataset:  # the DataLoader's own patch-by-patch collation
+            from torch.utils.data import default_collate
+
+            kw["collate_fn"] = default_collate
         if self.num_workers:
             kw["multiprocessing_context"] = self.multiprocessing_context
             kw["persistent_workers"] = self.persistent_workers

@@ -108,7 +108,6 @@ def _distinct_chunks_per_batch(ds, window: int | None) -> float:
 
 def bench_volume(name, ds_spec, cfg, patch, channels, args, careamics_inputs=None):
     import dask.array as da
-
     from torch.utils.data import default_collate
 
     from patchsieve.dataset import PatchDataset

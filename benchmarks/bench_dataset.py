@@ -9,8 +9,8 @@ Measured in one run, on the cached benchmark volumes (``benchmarks/data.py``):
 For each: patches/s of ``PatchDataset`` at num_workers 0 and 2 (fork and spawn), with single
 patches collated by the DataLoader (``loader(batch_size=64, collate_fn=default_collate)``, what a
 plain ``DataLoader(ds, batch_size=64)`` does) and with batches cut in the dataset
-(``PatchDataset(batch_size=64)``; ``ds.loader(batch_size=64)`` does the same), against the baseline of one zarr read per patch for the
-same plan (medians of --repeat, per epoch). Every loader runs two full ``per_epoch`` epochs with
+(``PatchDataset(batch_size=64)``; ``ds.loader(batch_size=64)`` does the same), against the
+baseline of one zarr read per patch for the same plan (medians of --repeat, per epoch). Every loader runs two full ``per_epoch`` epochs with
 persistent workers: epoch 1 includes the worker start-up (reported apart as the time to its first
 batch), epoch 2 is the steady state. Epoch time at num_workers 2 against the time to read the whole
 volume once with plain Dask (threads); distinct chunks per batch for the default shuffle window

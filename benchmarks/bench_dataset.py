@@ -12,12 +12,13 @@ plain ``DataLoader(ds, batch_size=64)`` does) and with batches cut in the datase
 (``PatchDataset(batch_size=64)``; ``ds.loader(batch_size=64)`` does the same), against the
 baseline of one zarr read per patch for the same plan (medians of --repeat, per epoch). Every
 loader runs two full ``per_epoch`` epochs with persistent workers: epoch 1 includes the worker
-start-up (reported apart as the time to its first batch), epoch 2 is the steady state. Epoch time at num_workers 2 against the time to read the whole
-volume once with plain Dask (threads); distinct chunks per batch for the default shuffle window
-vs plan order; time to first batch (num_workers 0, completed side-car, dataset construction
-included); peak RSS of a fresh process that builds the dataset and reads ``--rss-patches``
-patches from ``large-2g`` (2 GiB) vs ``large-16g`` (16 GiB), same patch size and filter
-(``--rss``); optionally (``--careamics``) CAREamics' own in-memory dataset with the same filter.
+start-up (reported apart as the time to its first batch), epoch 2 is the steady state. Epoch time
+at num_workers 2 against the time to read the whole volume once with plain Dask (threads);
+distinct chunks per batch for the default shuffle window vs plan order; time to first batch
+(num_workers 0, completed side-car, dataset construction included); peak RSS of a fresh process
+that builds the dataset and reads ``--rss-patches`` patches from ``large-2g`` (2 GiB) vs
+``large-16g`` (16 GiB), same patch size and filter (``--rss``); optionally (``--careamics``)
+CAREamics' own in-memory dataset with the same filter.
 
 Usage::
 

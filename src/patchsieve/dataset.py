@@ -438,7 +438,7 @@ class _Cutter:
                  todo: np.ndarray, b0: int, b1: int, b2: int):
         dims = reader.dims
         lo, size = ds._geometry(dims, chans, todo[b0:b1])
-        self.reader, self.b0, self.n = reader, b0, len(lo)
+        self.reader, self.b0 = reader, b0
         self.is_sample = [d in ds.sample_dims for d in dims]
         kept = [d for d in dims if d not in ds.sample_dims]
         self.perm = ([kept.index("c")] + [i for i, d in enumerate(kept) if d != "c"]
@@ -523,11 +523,14 @@ class _Cutter:
         if not self.single[p]:
             self._straddling(p, out)
             return out
-        li = self.loc[p].tolist()
-        box = self._block(p)[tuple(li[j] if self.is_sample[j] else slice(li[j], li[j] + self.sizes[j])
-                                   for j in range(self.nd))]
-        out[...] = self._arrange(box)
+        out[...] = self._arrange(self._box(self._block(p), self.loc[p].tolist()))
         return out
+
+    def _box(self, block: np.ndarray, li: Sequence[int]) -> np.ndarray:
+        """The patch at local offset ``li`` of ``block`` (a view; sample dims dropped)."""
+        is_sample, sizes = self.is_sample, self.sizes
+        return block[tuple(li[j] if is_sample[j] else slice(li[j], li[j] + sizes[j])
+                           for j in range(self.nd))]
 
     def fill(self, b0: int, b1: int, out: np.ndarray) -> None:
         """Patches ``b0:b1`` into ``out[0 : b1 - b0]``, grouped by storage chunk."""
@@ -549,15 +552,11 @@ class _Cutter:
         ends = [*cuts.tolist(), len(rows)]
         loc = self.loc[p0:p1]
         locl = loc.tolist()
-        is_sample, sizes, nd = self.is_sample, self.sizes, self.nd
         for s, e in zip(starts, ends, strict=True):
             block = self._block(p0 + int(rows[s]))
             if e - s < GATHER_MIN:  # a few patches: plain slicing is cheaper than a strided view
                 for q in rows[s:e].tolist():
-                    li = locl[q]
-                    box = block[tuple(li[j] if is_sample[j] else slice(li[j], li[j] + sizes[j])
-                                      for j in range(nd))]
-                    out[q] = self._arrange(box)
+                    out[q] = self._arrange(self._box(block, locl[q]))
                 continue
             sel = rows[s:e]
             view = np.lib.stride_tricks.sliding_window_view(block, self.window)

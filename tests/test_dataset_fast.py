@@ -14,9 +14,10 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, default_collate
 
+from patchsieve._chunks import _ChunkReader, _future_uses, _RawChunks
 from patchsieve.compute import compute
 from patchsieve.config import MaxPatchFilterConfig
-from patchsieve.dataset import PatchDataset, _ChunkReader, _future_uses, _RawChunks
+from patchsieve.dataset import PatchDataset
 from patchsieve.demo import write_ome_zarr
 from patchsieve.errors import ConfigError
 from patchsieve.transforms import RandomFlipRotate
@@ -71,7 +72,7 @@ def test_raw_decoding_equals_zarr(tmp_path, layout, dtype):
 def test_decoded_size_reads_zstd_and_blosc_headers(nbytes):
     import numcodecs
 
-    from patchsieve.dataset import _decoded_size
+    from patchsieve._chunks import _decoded_size
 
     if nbytes < 2**24:
         data = np.zeros(nbytes, np.uint8)
@@ -105,7 +106,6 @@ def test_recycled_chunk_arrays_never_change_patches(tmp_path, layout):
                   axis=1)
     size = np.array([2, 20, 20])
     ch = np.array(chunks)
-    from patchsieve.dataset import _future_uses
 
     r.plan(_future_uses(lo // ch, (lo + size - 1) // ch))
     keys = sorted({tuple(k) for k in (lo // ch).tolist()})
@@ -379,10 +379,11 @@ def test_ring_batches_equal_fresh_tensors_and_survive_reuse(syx, context):
 
 @pytest.mark.cluster
 def test_ring_full_falls_back_to_fresh_tensors(syx, monkeypatch):
+    import patchsieve._batches as batches
     import patchsieve.dataset as dsmod
 
     monkeypatch.setattr(dsmod, "RING_EXTRA_SLOTS", -1)  # one slot per worker
-    monkeypatch.setattr(dsmod, "RING_WAIT_S", 0.0)  # never wait for it
+    monkeypatch.setattr(batches, "RING_WAIT_S", 0.0)  # never wait for it
     kw = {"num_workers": 2, "multiprocessing_context": "fork", "prefetch_factor": 2}
     ring = _ring_make(syx, batch_size=4).loader(**kw)
     got = list(ring)

@@ -938,6 +938,11 @@ def _(ctx: Ctx) -> None:
     _dataset(ctx, batch_size=0)
 
 
+@case("dataset-loader-bad-batch-size")
+def _(ctx: Ctx) -> None:
+    _dataset(ctx).loader(batch_size=0)
+
+
 @case("dataset-loader-batch-size-conflict")
 def _(ctx: Ctx) -> None:
     _dataset(ctx, batch_size=8).loader(batch_size=16)

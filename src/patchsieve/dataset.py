@@ -981,7 +981,8 @@ class PatchLoader(DataLoader):
             bs = kwargs.pop("batch_size", 1)
             if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or int(bs) <= 0:
                 raise ConfigError(
-                    f"batch_size must be a positive integer (or None: single patches); got {bs!r}."
+                    f"batch_size must be a positive integer or None; got {bs!r}. Fix: e.g. "
+                    "loader(batch_size=64), or batch_size=None for single patches."
                 )
             self._auto_batching = (int(bs), bool(kwargs.pop("drop_last", False)))
             kwargs["batch_size"] = None

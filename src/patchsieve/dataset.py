@@ -798,12 +798,9 @@ class PatchDataset(IterableDataset):
 
     def _record(self, slot: int, done: int) -> None:
         """Publish this iteration's read counters to the shared table (cumulative per slot)."""
-        r, t = self._reader, self._target_reader
-        row, base, c0 = self._stats.numpy()[slot], self._stats_base, self._counters0
-        row[0] = base[0] + done
-        row[1] = base[1] + r.hits + (t.hits if t else 0) - c0[1]
-        row[2] = base[2] + r.misses + (t.misses if t else 0) - c0[2]
-        row[3] = base[3] + r.bytes_read + (t.bytes_read if t else 0) - c0[3]
+        row = self._stats.numpy()[slot]  # a view of the shared table: no tensor per call
+        row[:] = self._stats_base + self._counters() - self._counters0
+        row[0] = self._stats_base[0] + done
 
     def _geometry(
         self, dims: Sequence[str], chans: Sequence[int], part: np.ndarray

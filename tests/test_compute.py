@@ -260,6 +260,31 @@ def test_labels_readable_by_ome_zarr(tmp_path, client, stack):
     assert set(np.unique(lvl0)) <= {0, 1}
 
 
+def test_labels_rewritten_when_computed_again(tmp_path, client, stack):
+    """Running the same job again (``make demo`` twice) or adding a filter rewrites the label
+    images instead of failing on the existing ones; each name is listed once."""
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    from patchsieve import compute
+    from patchsieve.config import MaxPatchFilterConfig
+
+    src, data = stack
+    out = tmp_path / "o.patchsieve.zarr"
+    compute(src, _shannon(), (32, 32), out, client=client, labels=True)
+    compute(src, _shannon(), (32, 32), out, client=client, labels=True)
+    sc = compute(src, [_shannon(), MaxPatchFilterConfig(threshold=10.0)], (32, 32), out,
+                 client=client, labels=True)
+    names = zarr.open_group(str(out / "labels"), mode="r").attrs["ome"]["labels"]
+    assert sorted(names) == ["max", "shannon"]
+    for name in names:
+        lvl0 = np.asarray(list(Reader(parse_url(str(out / "labels" / name)))())[0].data[0])
+        assert lvl0.shape == data.shape
+        fo = sc.filter_out(name)
+        assert lvl0.any() == bool((~fo).any())
+
+
 def test_default_output_beside_source(tmp_path, client, stack):
     from patchsieve import compute
 

@@ -64,9 +64,16 @@ def label_pyramid(keep_cells: np.ndarray, geom: Mapping[str, Any], chunks: Mappi
 
 def write_labels(group: Any, name: str, volume: Any, geom: Mapping[str, Any],
                  keep_cells: np.ndarray) -> None:
-    """Write ``labels/<name>`` (NGFF 0.5 multiscale labels) into the side-car ``group``."""
+    """Write ``labels/<name>`` (NGFF 0.5 multiscale labels) into the side-car ``group``.
+
+    An existing ``labels/<name>`` (a side-car computed again, e.g. resumed or extended) is
+    replaced: the labels are derived from the current decisions.
+    """
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import write_multiscale_labels
+
+    if "labels" in group and name in group["labels"]:
+        del group["labels"][name]
 
     spatial = list(geom["spatial_dims"])
     dims = [*geom["sample_dims"], *spatial]
@@ -95,6 +102,14 @@ def write_labels(group: Any, name: str, volume: Any, geom: Mapping[str, Any],
         label_metadata={"colors": [{"label-value": 1, "rgba": [255, 64, 64, 128]}],
                         "properties": [{"label-value": 1, "class": "signal (kept)"}]},
     )
+    # ome-zarr appends the name to the labels group's list even when it is there already
+    lg = group["labels"]
+    ome = dict(lg.attrs.get("ome", {}))
+    holder = ome if "labels" in ome else dict(lg.attrs)
+    names = holder.get("labels")
+    if isinstance(names, list) and len(set(names)) != len(names):
+        holder["labels"] = list(dict.fromkeys(names))
+        lg.attrs.update({"ome": holder} if holder is ome else {"labels": holder["labels"]})
     logger.info("wrote label image labels/%s (%d levels)", name, len(pyramid))
 
 

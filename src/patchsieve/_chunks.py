@@ -367,7 +367,8 @@ class _ChunkReader:
 
 # --------------------------------------------------------------------------- helpers
 class _Cutter:
-    """Patches ``b0:b1`` of an execution order, cut from one reader (see ``_prepare``).
+    """Patches ``b0:b1`` of an execution order, cut from one reader; the chunk cache is told
+    the accesses of ``b0:b2`` (the look-ahead of its eviction rule and of the decoders).
 
     ``cut(i, out=None)`` writes patch ``i`` as float32 ``(C, [Z,] Y, X)``; :meth:`fill` writes
     a run of patches into the slots of a batch with a few array operations per storage chunk
@@ -523,7 +524,7 @@ class _BlockCuts:
             b0 = b * self.block
             b1 = min(b0 + self.block, len(self.todo))
             b2 = min(b0 + 2 * self.block, len(self.todo))
-            self.cuts = [self.ds._prepare(r, c, self.todo, b0, b1, b2) for r, c in self.readers]
+            self.cuts = [_Cutter(self.ds, r, c, self.todo, b0, b1, b2) for r, c in self.readers]
             self.current = b
 
     def __call__(self, k: int, i: int, out: np.ndarray | None = None) -> np.ndarray:

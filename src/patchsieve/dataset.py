@@ -59,7 +59,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from patchsieve._batches import _batch_items, _BatchRing, _RingBatch
-from patchsieve._chunks import _BlockCuts, _ChunkReader, _Cutter
+from patchsieve._chunks import _BlockCuts, _ChunkReader
 from patchsieve.errors import (
     ConfigError,
     SidecarIncompleteError,
@@ -818,24 +818,6 @@ class PatchDataset(IterableDataset):
                 k = self.spatial_dims.index(d)
                 lo[:, j], size[j] = part["origin"][:, k], self.patch_size[k]
         return lo, size
-
-    def _prepare(
-        self,
-        reader: _ChunkReader,
-        chans: Sequence[int],
-        todo: np.ndarray,
-        b0: int = 0,
-        b1: int | None = None,
-        b2: int | None = None,
-    ) -> _Cutter:
-        """Vectorised box geometry of patches ``b0:b1`` of ``todo`` (a :class:`_Cutter`).
-
-        The chunk cache is told the accesses of ``b0:b2`` (the look-ahead of its eviction rule
-        and of the decoders).
-        """
-        b1 = len(todo) if b1 is None else b1
-        b2 = b1 if b2 is None else max(b2, b1)
-        return _Cutter(self, reader, chans, todo, b0, b1, b2)
 
     def _box(
         self, dims: Sequence[str], chans: Sequence[int], sample: Sequence[int], origin: Sequence[int]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 matplotlib.use("Agg")
 
-from patchsieve._cli_tools import register  # noqa: E402
+from patchsieve.cli.thresholds import register  # noqa: E402
 from patchsieve.compute import compute  # noqa: E402
 from patchsieve.config import (  # noqa: E402
     MaxPatchFilterConfig,

@@ -312,7 +312,7 @@ def test_runs_the_filter_pass_then_reuses_the_sidecar(tmp_path, client, monkeypa
     assert ds.sidecar_path.endswith("vol.patchsieve.zarr")
     import importlib
 
-    comp = importlib.import_module("patchsieve.compute")  # the module, not the exported function
+    comp = importlib.import_module("patchsieve.filterpass._pass")  # where ensure_sidecar runs it
 
     def boom(*a, **k):
         raise AssertionError("compute must not run again")

@@ -14,7 +14,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, default_collate
 
-from patchsieve._chunks import _ChunkReader, _future_uses, _RawChunks
+from patchsieve.dataset._chunks import _ChunkReader, _future_uses, _RawChunks
 from patchsieve.compute import compute
 from patchsieve.config import MaxPatchFilterConfig
 from patchsieve.dataset import PatchDataset
@@ -72,7 +72,7 @@ def test_raw_decoding_equals_zarr(tmp_path, layout, dtype):
 def test_decoded_size_reads_zstd_and_blosc_headers(nbytes):
     import numcodecs
 
-    from patchsieve._chunks import _decoded_size
+    from patchsieve.dataset._chunks import _decoded_size
 
     if nbytes < 2**24:
         data = np.zeros(nbytes, np.uint8)
@@ -331,7 +331,7 @@ def test_lightning_module_collates_in_the_dataset(syx):
 @pytest.mark.cluster
 @pytest.mark.parametrize("batch_size", [None, 16])
 def test_blockwise_preparation_gives_the_same_patches(syx, monkeypatch, batch_size):
-    import patchsieve.dataset as dsmod
+    import patchsieve.dataset._dataset as dsmod
 
     src, tgt, _, sc = syx
 
@@ -379,8 +379,8 @@ def test_ring_batches_equal_fresh_tensors_and_survive_reuse(syx, context):
 
 @pytest.mark.cluster
 def test_ring_full_falls_back_to_fresh_tensors(syx, monkeypatch):
-    import patchsieve._batches as batches
-    import patchsieve.dataset as dsmod
+    import patchsieve.dataset._batches as batches
+    import patchsieve.dataset._loader as dsmod
 
     monkeypatch.setattr(dsmod, "RING_EXTRA_SLOTS", -1)  # one slot per worker
     monkeypatch.setattr(batches, "RING_WAIT_S", 0.0)  # never wait for it

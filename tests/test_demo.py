@@ -96,10 +96,10 @@ def test_deterministic(tmp_path):
 
 def test_chunking_does_not_change_structure(tmp_path):
     """Blocks are generated independently: the noise-free signal does not depend on chunks."""
-    from patchsieve.demo import _hagen_signal
+    from patchsieve.demo import hagen_signal
 
-    whole = _hagen_signal(0, 1, (256, 256), (slice(0, 256), slice(0, 256)))
-    part = _hagen_signal(0, 1, (256, 256), (slice(64, 192), slice(128, 256)))
+    whole = hagen_signal(0, 1, (256, 256), (slice(0, 256), slice(0, 256)))
+    part = hagen_signal(0, 1, (256, 256), (slice(64, 192), slice(128, 256)))
     np.testing.assert_allclose(part, whole[64:192, 128:256])
 
 

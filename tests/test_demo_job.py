@@ -8,7 +8,7 @@ import pytest
 @pytest.mark.cluster
 def test_demo_job_small(tmp_path):
     from patchsieve import open_sidecar
-    from patchsieve._demo_job import run_demo
+    from patchsieve.cli._demo_job import run_demo
 
     lines = run_demo(tmp_path / "data", tmp_path / "out", size="small")
     text = "\n".join(lines)

@@ -858,7 +858,7 @@ def _(ctx: Ctx) -> None:
 def _(ctx: Ctx) -> None:
     import importlib
 
-    C = importlib.import_module("patchsieve.compute")  # the module, not the re-exported function
+    C = importlib.import_module("patchsieve.filterpass._pass")  # where compute() calls _fill
     src, out = ctx.stack(), ctx.tmp / "fresh.patchsieve.zarr"
     original = C._fill
 

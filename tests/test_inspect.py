@@ -1,4 +1,4 @@
-"""Tests of patchsieve.inspect: summary, thresholds, filter-map panels, previews, pyramid levels.
+"""Tests of patchsieve.analysis: summary, thresholds, filter-map panels, previews, pyramid levels.
 
 Side-cars are computed once per module from the small demo datasets (real OME-Zarr in a tmp dir)
 with an in-process Dask cluster.
@@ -12,8 +12,10 @@ import pytest
 
 matplotlib.use("Agg")
 
-from patchsieve import inspect as ins  # noqa: E402
-from patchsieve.compute import compute  # noqa: E402
+from patchsieve import analysis as ins  # noqa: E402
+from patchsieve.analysis import figures as _figures  # noqa: E402
+from patchsieve.analysis._common import _candidate_thresholds  # noqa: E402
+from patchsieve import compute  # noqa: E402
 from patchsieve.config import (  # noqa: E402
     MaxPatchFilterConfig,
     MeanStdPatchFilterConfig,
@@ -21,7 +23,8 @@ from patchsieve.config import (  # noqa: E402
 )
 from patchsieve.demo import write_demo_data  # noqa: E402
 from patchsieve.errors import ConfigError, DataError  # noqa: E402
-from patchsieve.regions import decide, filter_map_from_stats  # noqa: E402
+from patchsieve.regions import filter_map_from_stats  # noqa: E402
+from patchsieve.regions import filter_out_from_stats as decide  # noqa: E402
 from patchsieve.sampling import StratifiedPatching  # noqa: E402
 from patchsieve.sidecar import open_sidecar  # noqa: E402
 from patchsieve.volume import open_volume  # noqa: E402
@@ -182,7 +185,7 @@ def test_suggest_needs_filter_name_when_several(sidecars):
 def test_candidate_threshold_on_a_million_values():
     rng = np.random.default_rng(3)
     v = np.round(rng.normal(6.0, 1.0, 1_200_000), 3)
-    thr = ins._candidate_thresholds(v, 0.7)
+    thr = _candidate_thresholds(v, 0.7)
     got = (v < thr).mean()
     assert abs(got - 0.7) == pytest.approx(np.min(np.abs(_achievable(v) - 0.7)))
     assert (v <= thr).mean() == got  # between two distinct values: ties rule irrelevant
@@ -219,7 +222,7 @@ def test_slice_map_equals_full_filter_map(sidecars, z):
     sc = sidecars["vol3d2c"]
     shape = tuple(sc.shape[d] for d in sc.spatial_dims)
     full = filter_map_from_stats(sc.stats["entropy"][0], shape, sc.patch_size)
-    got = ins._slice_region_map(sc.stats["entropy"][0], shape,
+    got = _figures._slice_region_map(sc.stats["entropy"][0], shape,
                                 tuple(sc.patch_size.values()), z)
     np.testing.assert_array_equal(got, full[z])
 
@@ -230,7 +233,7 @@ def test_slice_map_odd_z_grid():
     vals = rng.random((3, 2, 2)) + 1
     full = filter_map_from_stats(vals, shape, ps)
     for z in range(shape[0]):
-        np.testing.assert_array_equal(ins._slice_region_map(vals, shape, ps, z), full[z])
+        np.testing.assert_array_equal(_figures._slice_region_map(vals, shape, ps, z), full[z])
 
 
 @pytest.mark.parametrize("kind,sample,z", [("hagen2d", 2, None), ("vol3d2c", 0, 5)])
@@ -238,10 +241,10 @@ def test_source_panels_equal_sidecar_panels(sidecars, kind, sample, z):
     sc = sidecars[kind]
     vol = open_volume(sc.source)
     index = {"s": sample} if "s" in vol.dims else {}
-    zz = ins._resolve_z([sc.shape[d] for d in sc.spatial_dims], z)
-    from_sc = ins._panels_from_sidecar(sc, sample, zz, None)
+    zz = _figures._resolve_z([sc.shape[d] for d in sc.spatial_dims], z)
+    from_sc = _figures._panels_from_sidecar(sc, sample, zz, None)
     cfgs = [sc.config(n) for n in sc.filter_names]
-    from_src = ins._panels_from_source(vol, index, zz, cfgs, sc.patch_size)
+    from_src = _figures._panels_from_source(vol, index, zz, cfgs, sc.patch_size)
     for a, b in zip(from_sc, from_src):
         np.testing.assert_allclose(a.values, b.values, rtol=1e-12)
         np.testing.assert_array_equal(a.keep, b.keep)
@@ -250,7 +253,7 @@ def test_source_panels_equal_sidecar_panels(sidecars, kind, sample, z):
 
 def test_keep_mask_is_coverage_by_kept_regions(sidecars):
     sc = sidecars["hagen2d"]
-    (p,) = ins._panels_from_sidecar(sc, 1, None, ["shannon"])
+    (p,) = _figures._panels_from_sidecar(sc, 1, None, ["shannon"])
     keep_regions = ~sc.filter_out("shannon")[1]
     ps = sc.patch_size["y"]
     expect = np.zeros((256, 256), bool)
@@ -455,7 +458,7 @@ def test_summarize_incomplete_sidecar(sidecars, tmp_path):
 def test_decisions_at_level0_without_a_level0_sidecar(sidecars):
     coarse, fine = sidecars["vol3d2c_l1"], sidecars["vol3d2c"]
     geo = ins.level0_geometry(coarse)
-    assert geo.patch_size == {"z": 8, "y": 32, "x": 32} and geo.grid_shape == fine.grid_shape
+    assert geo.patch_by_dim == {"z": 8, "y": 32, "x": 32} and geo.grid_shape == fine.grid_shape
     res = ins.decisions_at_level0(coarse, "shannon")
     np.testing.assert_array_equal(res["filter_out"], ins.decisions_at(coarse, fine, "shannon"))
     np.testing.assert_array_equal(res["weight"], np.where(res["filter_out"], 0.1, 1.0))

@@ -337,7 +337,7 @@ def test_env_references_resolved_only_at_run_time(monkeypatch, tmp_path):
 
 
 def test_empty_env_option_is_dropped(monkeypatch):
-    from patchsieve.pipeline import _resolved_sources
+    from patchsieve.pipeline._run import _resolved_sources
 
     monkeypatch.delenv("PS_TEST_EMPTY", raising=False)
     cfg = PipelineConfig.from_dict({**BASE, "source": {
@@ -348,7 +348,7 @@ def test_empty_env_option_is_dropped(monkeypatch):
 
 
 def test_epoch_estimate_with_replacement_and_drop_last():
-    from patchsieve.pipeline import _epoch_estimate
+    from patchsieve.pipeline._run import _epoch_estimate
 
     class FakeSidecar:  # the two numbers _epoch_estimate reads
         def sample_totals(self, name):

@@ -25,7 +25,9 @@ from patchsieve.filters import (
     MeanStdPatchFilter,
     ShannonPatchFilter,
 )
-from patchsieve.regions import decide, filter_map_from_stats, region_stats, stat_names
+from patchsieve.regions import filter_map_from_stats, region_stats
+from patchsieve.regions import filter_out_from_stats as decide
+from patchsieve.regions import required_stats as stat_names
 
 ALL = ["max_cov0.25", "mean", "std", "entropy", "max"]
 
@@ -240,7 +242,7 @@ def test_filter_map_from_stats_equals_filter_map():
 
 # ----------------------------------------------------------------------------- cell statistics
 def _random_case(rng, kind, nd):
-    from patchsieve.regions import cell_int_sums  # noqa: F401  (import check)
+    from patchsieve.filters.kernels import cell_int_sums  # noqa: F401  (import check)
 
     ps = tuple(int(v) for v in rng.integers(1, 6, nd))
     shape = tuple(max(p, int(p * rng.integers(1, 5) + rng.integers(0, p + 1))) for p in ps)
@@ -263,7 +265,7 @@ def _random_case(rng, kind, nd):
 @pytest.mark.parametrize("border", ["careamics", "valid"])
 def test_regions_from_cells_equal_region_stats_bit_for_bit(kind, border):
     """mean/std/mask coverage derived from whole-image cell partials equal the region blocks'."""
-    from patchsieve.regions import (
+    from patchsieve.filters.kernels import (
         cell_int_sums,
         cell_moments,
         cell_stats_supported,
@@ -292,7 +294,7 @@ def test_regions_from_cells_equal_region_stats_bit_for_bit(kind, border):
 
 def test_cell_moments_are_chunking_independent():
     """Cells computed block by block (cell-aligned) equal the whole-image cells."""
-    from patchsieve.regions import cell_moments, moments_from_sums
+    from patchsieve.filters.kernels import cell_moments, moments_from_sums
 
     rng = np.random.default_rng(3)
     x = rng.integers(0, 4000, (2, 37, 53)).astype(np.uint16)
@@ -310,7 +312,7 @@ def test_cell_moments_are_chunking_independent():
 
 
 def test_regions_from_cells_rejects_other_stats():
-    from patchsieve.regions import regions_from_cells
+    from patchsieve.filters.kernels import regions_from_cells
 
     with pytest.raises(ConfigError, match="not a cell statistic"):
         regions_from_cells("entropy", {}, patch_size=(4, 4), spatial_shape=(8, 8),

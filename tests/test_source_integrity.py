@@ -157,7 +157,7 @@ def read_pyramid(env: Env) -> None:
 
 
 def inspect_sidecar(env: Env) -> None:
-    from patchsieve import inspect as ins
+    from patchsieve import analysis as ins
 
     summary = ins.summarize(env.sidecar())
     assert summary
@@ -171,7 +171,7 @@ def inspect_apply_threshold_and_plot(env: Env) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from patchsieve import inspect as ins
+    from patchsieve import analysis as ins
 
     ins.apply_threshold(env.sidecar(), "shannon", 6.0)
     ins.plot_filter_maps(env.src, env.root / "maps.png", filters=[shannon()], patch_size=PATCH)

@@ -1,9 +1,10 @@
 """patchsieve: CAREamics-compatible patch filtering and streaming patch sampling at volume scale.
 
-The public API is re-exported here; the implementation lives in the concept modules
-(``volume``, ``grid``, ``filters``, ``regions``, ``sidecar``, ``compute``, ``sampling``,
-``dataset``...). Names are resolved lazily so that ``import patchsieve`` stays light and does not
-import torch, distributed or matplotlib.
+The public API is re-exported here; the implementation lives in one package or module per
+concept (``grid``, ``volume``, ``filters``, ``regions``, ``sidecar``, ``filterpass``,
+``sampling``, ``dataset``, ``analysis``, ``pipeline``, ``cli``; map in ``docs/architecture.md``).
+Names are resolved lazily so that ``import patchsieve`` stays light and does not import torch,
+distributed or matplotlib.
 
 Examples
 --------
@@ -17,11 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# ``patchsieve.compute`` is the function; ``patchsieve/compute.py`` (an alias of the earlier module
+# path) is imported first so that importing it later cannot rebind the name to the module.
+import patchsieve.compute  # noqa: E402, F811 - the alias module, see above
 from patchsieve._version import __version__
-
-# ``compute`` is both a submodule and a function: bind the function eagerly, otherwise importing
-# the submodule anywhere would leave ``patchsieve.compute`` pointing at the module.
-from patchsieve.compute import compute  # noqa: E402
 from patchsieve.errors import (
     AxesError,
     ClusterError,
@@ -37,6 +37,7 @@ from patchsieve.errors import (
     VolumeError,
     VolumeNotFoundError,
 )
+from patchsieve.filterpass import compute  # noqa: E402
 
 #: public name -> module that defines it (imported on first access)
 _LAZY = {
@@ -59,8 +60,10 @@ _LAZY = {
     "RegionGrid": "patchsieve.grid",
     "normalize_patch_size": "patchsieve.grid",
     "region_stats": "patchsieve.regions",
-    "decide": "patchsieve.regions",
-    "stat_names": "patchsieve.regions",
+    "filter_out_from_stats": "patchsieve.regions",
+    "required_stats": "patchsieve.regions",
+    "decide": "patchsieve.regions",  # deprecated: filter_out_from_stats
+    "stat_names": "patchsieve.regions",  # deprecated: required_stats
     "filter_map_from_stats": "patchsieve.regions",
     "parse_filter_config": "patchsieve.config",
     "validate_training_patch_size": "patchsieve.grid",
@@ -71,7 +74,7 @@ _LAZY = {
     "StratifiedPatching": "patchsieve.sampling",
     "PatchDataset": "patchsieve.dataset",
     "PatchLoader": "patchsieve.dataset",
-    "RandomFlipRotate": "patchsieve.transforms",
+    "RandomFlipRotate": "patchsieve.dataset.transforms",
     # demo data
     "write_demo_data": "patchsieve.demo",
     # pipelines

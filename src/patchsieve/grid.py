@@ -1,21 +1,29 @@
-"""CAREamics region geometry: the grid of sampling regions and patch-size normalisation.
+"""Geometry: dim names, CAREamics' region grid, patch sizes and the geometry of a filtered volume.
 
 CAREamics (``careamics/dataset/patching/stratified_patching.py``) scores *regions*: windows
 of ``2 * patch_size`` placed on a grid of stride ``patch_size``. Per spatial axis the grid
-has ``(size + 1) // patch`` regions; region ``g`` starts at ``g * patch`` and reaches
-``2 * patch`` pixels, zero-padded where it extends beyond the image (quirk B7 of
-``careamics_reference/README.md``). Every pixel of the image lies in at most ``2**ndim``
-regions. A patch drawn from region ``g`` has its origin in ``[g*patch, g*patch + patch)``
-clipped so that the patch stays inside the image.
+has ``(size + 1) // patch`` regions (:func:`grid_extent`, the only copy of this rule);
+region ``g`` starts at ``g * patch`` and reaches ``2 * patch`` pixels, zero-padded where it
+extends beyond the image (quirk B7 of ``careamics_reference/README.md``). Every pixel of the
+image lies in at most ``2**ndim`` regions. A patch drawn from region ``g`` has its origin in
+``[g*patch, g*patch + patch)`` clipped so that the patch stays inside the image. *Cells* are
+the patch-sized tiles at stride ``patch`` (``ceil(size / patch)`` per axis,
+:func:`cell_extent`); a region is ``2**ndim`` neighbouring cells.
 
-Only :func:`normalize_patch_size` converts user ``patch_size`` values.
+This module owns the dim names (:data:`DIM_ORDER`, :data:`SAMPLE_DIMS`, :data:`SPATIAL_DIMS`),
+the only conversion of user ``patch_size`` values (:func:`normalize_patch_size`), the grid of
+one sample (:class:`RegionGrid`) and the geometry of a whole filtered volume
+(:class:`VolumeGeometry`, what a side-car stores under ``geometry``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,13 +33,67 @@ from patchsieve.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BORDERS",
+    "DIM_ORDER",
+    "SAMPLE_DIMS",
+    "SPATIAL_DIMS",
     "RegionGrid",
+    "VolumeGeometry",
+    "cell_extent",
+    "check_border",
+    "grid_extent",
     "normalize_patch_size",
     "region_chunks",
     "validate_training_patch_size",
 ]
 
+DIM_ORDER: tuple[str, ...] = ("s", "t", "c", "z", "y", "x")
+"""Canonical order of the dims of every volume (absent dims are dropped)."""
+
+SAMPLE_DIMS: tuple[str, ...] = ("s", "t")
+"""Dims whose entries are independent samples (CAREamics' ``S`` and ``T``)."""
+
 SPATIAL_DIMS: tuple[str, ...] = ("z", "y", "x")
+"""Spatial dims, in order; 2D data has ``("y", "x")``."""
+
+Border = Literal["careamics", "valid"]
+BORDERS: tuple[str, ...] = ("careamics", "valid")
+"""How edge regions are scored: zero-padded as CAREamics (``"careamics"``) or in-image only."""
+
+
+def check_border(border: str) -> Border:
+    """Validate the ``border`` option (``"careamics"`` or ``"valid"``).
+
+    Examples
+    --------
+    >>> check_border("valid")
+    'valid'
+    """
+    if border not in BORDERS:
+        raise ConfigError(f"border must be one of {BORDERS}; got {border!r}.")
+    return border  # type: ignore[return-value]
+
+
+def grid_extent(size: int, patch: int) -> int:
+    """Number of regions along one axis: CAREamics' ``(size + 1) // patch``.
+
+    Examples
+    --------
+    >>> grid_extent(300, 64), grid_extent(127, 64)
+    (4, 2)
+    """
+    return (int(size) + 1) // int(patch)
+
+
+def cell_extent(size: int, patch: int) -> int:
+    """Number of patch-sized cells along one axis: ``ceil(size / patch)``.
+
+    Examples
+    --------
+    >>> cell_extent(300, 64)
+    5
+    """
+    return -(-int(size) // int(patch))
 
 
 def _spatial_dims_for(ndim: int) -> tuple[str, ...]:
@@ -231,7 +293,7 @@ class RegionGrid:
                     f"most {s} along {d!r}."
                 )
         self.grid_shape: tuple[int, ...] = tuple(
-            (s + 1) // p for s, p in zip(shape, self.patch_size)
+            grid_extent(s, p) for s, p in zip(shape, self.patch_size)
         )
         self.region_shape: tuple[int, ...] = tuple(2 * p for p in self.patch_size)
 
@@ -334,7 +396,7 @@ def region_chunks(pixel_chunks: Sequence[int], patch: int, n_regions: int) -> tu
     patch : int
         Patch size along the axis.
     n_regions : int
-        Number of regions along the axis (``(size + 1) // patch``).
+        Number of regions along the axis (:func:`grid_extent`).
 
     Returns
     -------
@@ -356,3 +418,192 @@ def region_chunks(pixel_chunks: Sequence[int], patch: int, n_regions: int) -> tu
     if n_regions > bounds[-1]:
         bounds.append(n_regions)
     return tuple(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeGeometry:
+    """Where the regions of a whole volume lie: samples, spatial extent, patch size, channels.
+
+    What a filter pass and a side-car share (the side-car stores :meth:`to_attrs` under
+    ``geometry``); also what maps decisions between pyramid levels (``scale``,
+    ``translation`` and ``level`` place the grid in physical space).
+
+    Parameters
+    ----------
+    dims : tuple of str
+        All dims of the volume in :data:`DIM_ORDER`.
+    sample_dims, sample_shape : tuple
+        The ``s``/``t`` dims present and their sizes (``()`` when none).
+    spatial_dims, spatial_shape : tuple
+        ``("y", "x")`` or ``("z", "y", "x")`` and their sizes.
+    patch_size : tuple of int
+        Patch size in ``spatial_dims`` order.
+    n_channels, ref_channel : int
+        Size of the ``c`` dim (1 without one) and the channel that is scored.
+    border : {"careamics", "valid"}
+        How edge regions are scored.
+    scale, translation : tuple of float, optional
+        Physical pixel size and origin per spatial dim (NGFF); ``None`` means 1 and 0.
+    level : int
+        Pyramid level of the volume.
+
+    Examples
+    --------
+    >>> g = VolumeGeometry(("s", "y", "x"), ("s",), (2,), ("y", "x"), (300, 200), (64, 64))
+    >>> g.grid_shape, g.cell_shape, g.region_shape
+    ((4, 3), (5, 4), (2, 4, 3))
+    """
+
+    dims: tuple[str, ...]
+    sample_dims: tuple[str, ...]
+    sample_shape: tuple[int, ...]
+    spatial_dims: tuple[str, ...]
+    spatial_shape: tuple[int, ...]
+    patch_size: tuple[int, ...]
+    n_channels: int = 1
+    ref_channel: int = 0
+    border: Border = "careamics"
+    scale: tuple[float, ...] | None = None
+    translation: tuple[float, ...] | None = None
+    level: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("dims", "sample_dims", "spatial_dims"):
+            object.__setattr__(self, name, tuple(str(d) for d in getattr(self, name)))
+        for name in ("sample_shape", "spatial_shape", "patch_size"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name in ("scale", "translation"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, tuple(float(x) for x in v))
+        if len(self.sample_shape) != len(self.sample_dims):
+            raise ConfigError(f"sample_shape {self.sample_shape} does not match sample_dims "
+                              f"{self.sample_dims}.")
+        if not len(self.spatial_shape) == len(self.patch_size) == len(self.spatial_dims):
+            raise ConfigError(
+                f"patch_size {self.patch_size} and spatial_shape {self.spatial_shape} need one "
+                f"entry per spatial dim {self.spatial_dims}.")
+        check_border(self.border)
+
+    # ---- derived
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dims (2 or 3)."""
+        return len(self.spatial_dims)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """Regions per spatial axis of one sample (:func:`grid_extent`)."""
+        return tuple(grid_extent(s, p) for s, p in zip(self.spatial_shape, self.patch_size))
+
+    @property
+    def cell_shape(self) -> tuple[int, ...]:
+        """Patch-sized cells per spatial axis of one sample (:func:`cell_extent`)."""
+        return tuple(cell_extent(s, p) for s, p in zip(self.spatial_shape, self.patch_size))
+
+    @property
+    def region_shape(self) -> tuple[int, ...]:
+        """Shape of a region-level array of the whole volume: ``(*sample_shape, *grid_shape)``."""
+        return (*self.sample_shape, *self.grid_shape)
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples (1 without sample dims)."""
+        return int(math.prod(self.sample_shape))
+
+    @property
+    def n_regions(self) -> int:
+        """Regions of one sample."""
+        return int(math.prod(self.grid_shape))
+
+    @property
+    def patch_by_dim(self) -> dict[str, int]:
+        """The patch size as ``{dim: size}``."""
+        return dict(zip(self.spatial_dims, self.patch_size))
+
+    @property
+    def grid(self) -> RegionGrid:
+        """The :class:`RegionGrid` of one sample."""
+        return RegionGrid(self.spatial_shape, self.patch_size)
+
+    def cell_counts(self) -> NDArray[np.float64]:
+        """In-image pixels of every cell of one sample, shape :attr:`cell_shape`."""
+        out = np.ones((), dtype=np.float64)
+        for n, p in zip(self.spatial_shape, self.patch_size):
+            c = cell_extent(n, p)
+            a = np.full(c, p, dtype=np.float64)
+            a[-1] = n - (c - 1) * p
+            out = np.multiply.outer(out, a)
+        return out
+
+    def replace(self, **changes: Any) -> VolumeGeometry:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    # ---- construction and storage
+    @classmethod
+    def from_volume(cls, volume: Any, patch_size: Sequence[int] | Mapping[str, int], *,
+                    ref_channel: int = 0, border: str = "careamics") -> VolumeGeometry:
+        """The geometry of a named-dim volume (``xarray.DataArray`` from ``open_volume``).
+
+        Raises
+        ------
+        ConfigError
+            Bad patch size, a patch larger than the volume, or ``ref_channel`` out of range.
+        """
+        dims = tuple(volume.dims)
+        sizes = {d: int(n) for d, n in dict(volume.sizes).items()}
+        spatial = tuple(d for d in SPATIAL_DIMS if d in dims)
+        sample_dims = tuple(d for d in SAMPLE_DIMS if d in dims)
+        ps = normalize_patch_size(patch_size, spatial)
+        n_channels = int(sizes.get("c", 1))
+        if "c" not in dims and ref_channel != 0:
+            raise ConfigError(
+                f"ref_channel={ref_channel} but the volume has no channel axis (dims {dims}). "
+                "Fix: use ref_channel=0, or open the volume with its channel axis (axes='C...').")
+        if ref_channel < 0 or ref_channel >= n_channels:
+            raise ConfigError(
+                f"ref_channel={ref_channel} is out of range for a volume with {n_channels} "
+                f"channel(s). Fix: choose 0..{n_channels - 1}.")
+        for d in spatial:
+            if ps[d] > sizes[d]:
+                raise ConfigError(
+                    f"patch_size[{d!r}]={ps[d]} is larger than the volume's {d} size {sizes[d]}. "
+                    "Fix: use a smaller patch size.")
+        attrs = dict(getattr(volume, "attrs", {}) or {})
+        scale, trans = attrs.get("scale") or {}, attrs.get("translation") or {}
+        return cls(dims, sample_dims, tuple(sizes[d] for d in sample_dims), spatial,
+                   tuple(sizes[d] for d in spatial), tuple(ps[d] for d in spatial), n_channels,
+                   int(ref_channel), check_border(border),
+                   tuple(float(scale.get(d, 1.0)) for d in spatial),
+                   tuple(float(trans.get(d, 0.0)) for d in spatial),
+                   int(attrs.get("level", 0) or 0))
+
+    @classmethod
+    def from_attrs(cls, geometry: Mapping[str, Any],
+                   source: Mapping[str, Any] | None = None) -> VolumeGeometry:
+        """Read :meth:`to_attrs` back (``source``: the side-car's source attrs, for scale,
+        translation and level)."""
+        src = dict(source or {})
+        spatial = tuple(geometry["spatial_dims"])
+        scale, trans = src.get("scale") or {}, src.get("translation") or {}
+        ps = geometry["patch_size"]
+        return cls(
+            tuple(geometry["dims"]), tuple(geometry["sample_dims"]),
+            tuple(geometry["sample_shape"]), spatial, tuple(geometry["spatial_shape"]),
+            tuple(ps[d] for d in spatial) if isinstance(ps, Mapping) else tuple(ps),
+            int(geometry.get("n_channels", 1)), int(geometry.get("ref_channel", 0)),
+            geometry.get("border", "careamics"),
+            tuple(float(scale.get(d, 1.0)) for d in spatial),
+            tuple(float(trans.get(d, 0.0)) for d in spatial), int(src.get("level", 0)))
+
+    def to_attrs(self) -> dict[str, Any]:
+        """JSON-able form, the side-car's ``geometry`` attrs (format version 1 keys)."""
+        return {
+            "dims": list(self.dims), "sample_dims": list(self.sample_dims),
+            "sample_shape": list(self.sample_shape), "spatial_dims": list(self.spatial_dims),
+            "spatial_shape": list(self.spatial_shape), "patch_size": self.patch_by_dim,
+            "grid_shape": list(self.grid_shape), "cell_shape": list(self.cell_shape),
+            "n_channels": self.n_channels, "ref_channel": self.ref_channel,
+            "border": self.border,
+        }

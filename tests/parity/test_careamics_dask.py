@@ -12,7 +12,9 @@ import xarray as xr
 from careamics_ref import CASES, config_for, load_case
 
 from patchsieve.errors import PatchsieveWarning
-from patchsieve.regions import decide, filter_map_from_stats, region_stats, stat_names
+from patchsieve.regions import filter_map_from_stats, region_stats
+from patchsieve.regions import filter_out_from_stats as decide
+from patchsieve.regions import required_stats as stat_names
 
 pytestmark = pytest.mark.careamics
 

@@ -17,7 +17,7 @@ from patchsieve.filters import (
     create_patch_filter,
 )
 from patchsieve.grid import RegionGrid
-from patchsieve.regions import decide
+from patchsieve.regions import filter_out_from_stats as decide
 
 pytestmark = pytest.mark.careamics
 

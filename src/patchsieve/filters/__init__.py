@@ -23,6 +23,10 @@ first offending pixel (CAREamics would silently produce NaN statistics); so do e
 arrays, complex/object/string dtypes, boolean data outside the Mask filter, and mask
 values other than 0/1. Hot kernels use numba when it is installed (``_jit``), numpy
 otherwise, with identical results.
+
+Public modules: :mod:`patchsieve.filters.stats` (statistics by name, checks, the filter-map
+expansion) and :mod:`patchsieve.filters.kernels` (the region and cell kernels). Private:
+``_base`` (protocol and base class), one module per filter, ``_kernels``, ``_cells``, ``_jit``.
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ from patchsieve.config import (
     parse_filter_config,
 )
 from patchsieve.errors import ConfigError
-from patchsieve.filters._base import PatchFilter, expand_region_values
+from patchsieve.filters._base import PatchFilter, RegionFilter
 from patchsieve.filters._mask import MaskPatchFilter
 from patchsieve.filters._max import MaxPatchFilter
 from patchsieve.filters._meanstd import MeanStdPatchFilter
 from patchsieve.filters._shannon import ShannonPatchFilter, shannon_entropy
+from patchsieve.filters.stats import expand_region_values
 
 __all__ = [
     "AnyPatchFilter",
@@ -49,6 +54,7 @@ __all__ = [
     "MaxPatchFilter",
     "MeanStdPatchFilter",
     "PatchFilter",
+    "RegionFilter",
     "ShannonPatchFilter",
     "create_patch_filter",
     "expand_region_values",

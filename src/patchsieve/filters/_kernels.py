@@ -18,14 +18,12 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from patchsieve.filters import _jit
-
-Border = Literal["careamics", "valid"]
+from patchsieve.grid import Border
 
 # Entropy via per-cell histograms when cells * value range stays below this many bins.
 _HIST_MAX_BINS = 1 << 24
@@ -62,7 +60,7 @@ def _cell_view(padded: NDArray[np.generic], patch_size: Sequence[int]) -> NDArra
     return padded.reshape(shape)
 
 
-def _combine_cells(
+def combine_cells(
     cells: NDArray[np.generic], ufunc: np.ufunc = np.add, nd: int | None = None
 ) -> NDArray[np.generic]:
     """Combine each pair of neighbouring cells along axes ``1..nd`` of ``(L, *cells, ...)``."""
@@ -115,9 +113,9 @@ def region_mean_std(
     x -= shift
     red_axes = tuple(range(2, 2 * len(patch_size) + 1, 2))
     cv = _cell_view(x, patch_size)
-    s1 = _combine_cells(cv.sum(axis=red_axes))
+    s1 = combine_cells(cv.sum(axis=red_axes))
     np.square(x, out=x)
-    s2 = _combine_cells(_cell_view(x, patch_size).sum(axis=red_axes))
+    s2 = combine_cells(_cell_view(x, patch_size).sum(axis=red_axes))
     cnt = _counts(slab, patch_size, n, border)
     with np.errstate(invalid="ignore", divide="ignore"):
         m = s1 / cnt
@@ -160,12 +158,12 @@ def combine_moments(
     combination of the ``2**ndim`` cells of each region (shared by the in-memory kernel and
     the filter pass's cell route, so both give the same bits)."""
     nd = len(n)
-    n_r = _combine_cells(cnt)
-    s_r = _combine_cells(s)
+    n_r = combine_cells(cnt)
+    s_r = combine_cells(s)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s_r / n_r
         cm = np.where(cnt > 0, s / np.where(cnt > 0, cnt, 1), 0.0)
-        m2_r = _combine_cells(m2)
+        m2_r = combine_cells(m2)
         for o in np.ndindex(*(2,) * nd):
             sl = (slice(None), *(slice(oi, oi + ni) for oi, ni in zip(o, n)))
             m2_r = m2_r + cnt[sl] * (cm[sl] - mean) ** 2
@@ -184,7 +182,7 @@ def region_count_nonzero(
     nz = padded_cells(slab != 0, patch_size, n, False)
     red_axes = tuple(range(2, 2 * len(patch_size) + 1, 2))
     c = _cell_view(nz, patch_size).sum(axis=red_axes, dtype=np.int64)
-    return _combine_cells(c).astype(np.float64) / np.maximum(_counts(slab, patch_size, n, border), 1)
+    return combine_cells(c).astype(np.float64) / np.maximum(_counts(slab, patch_size, n, border), 1)
 
 
 def region_max(
@@ -193,7 +191,7 @@ def region_max(
     """Plain maximum of every region (zero padding included)."""
     x = padded_cells(slab, patch_size, n, 0.0)
     red_axes = tuple(range(2, 2 * len(patch_size) + 1, 2))
-    return _combine_cells(_cell_view(x, patch_size).max(axis=red_axes), np.maximum).astype(
+    return combine_cells(_cell_view(x, patch_size).max(axis=red_axes), np.maximum).astype(
         np.float64
     )
 
@@ -530,7 +528,7 @@ def _entropy_hist(slab, patch_size, n, border: Border, lo: float, nbins: int):
     hist = np.bincount(keys, minlength=L * ncell * nbins).reshape(L, *cells_shape, nbins)
     if border == "valid":
         hist[..., nbins - 1] = 0
-    reg = _combine_cells(hist, np.add, nd)  # (L, *n, nbins)
+    reg = combine_cells(hist, np.add, nd)  # (L, *n, nbins)
     cnt = _counts(slab, patch_size, n, border)
     table = _xlogx_table(int(np.max(cnt)))
     s = table[reg].sum(axis=-1)

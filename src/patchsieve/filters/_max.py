@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.ndimage import maximum_filter
 
 from patchsieve.config import MaxPatchFilterConfig, resolve_coverage
-from patchsieve.filters._base import (
-    Border,
+from patchsieve.filters._base import RegionFilter
+from patchsieve.filters.stats import (
     Ties,
-    apply_threshold,
     as_image,
     as_patch,
     check_border,
@@ -25,9 +23,7 @@ from patchsieve.filters._base import (
     image_stats,
     max_stat_name,
 )
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from patchsieve.grid import Border
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +35,7 @@ def _patch_ndim(patch: np.ndarray) -> int:
     return patch.ndim
 
 
-class MaxPatchFilter:
+class MaxPatchFilter(RegionFilter):
     """Filter regions on the maximum filter of the reference channel (CSBDeep-inspired).
 
     A region is kept when at least ``coverage`` of its max-filtered pixels exceed
@@ -73,6 +69,8 @@ class MaxPatchFilter:
     >>> MaxPatchFilter.filter_map(img, (64, 64))[0, 0]
     500.0
     """
+
+    MAP_TITLE = "Maximum Filter Map"
 
     def __init__(
         self, threshold: float, coverage: float | None = None, *, ties: Ties = "careamics"
@@ -111,8 +109,9 @@ class MaxPatchFilter:
         frac = float(np.mean(filtered >= thr if self.ties == "keep" else filtered > thr))
         return frac < cov
 
-    @staticmethod
-    def region_values(
+    @classmethod
+    def region_values(  # type: ignore[override] - CAREamics' signature takes the coverage
+        cls,
         image: ArrayLike,
         patch_size: Sequence[int],
         coverage: float | None = None,
@@ -125,8 +124,9 @@ class MaxPatchFilter:
         name = max_stat_name(cov)
         return image_stats(img, patch_size, [name], check_border(border))[name]
 
-    @staticmethod
-    def filter_map(
+    @classmethod
+    def filter_map(  # type: ignore[override] - CAREamics' signature takes the coverage
+        cls,
         image: ArrayLike,
         patch_size: Sequence[int],
         coverage: float | None = None,
@@ -149,23 +149,5 @@ class MaxPatchFilter:
         numpy.ndarray of float64, shape of ``image``
         """
         img = np.asarray(image)
-        vals = MaxPatchFilter.region_values(img, patch_size, coverage, border=border)
+        vals = cls.region_values(img, patch_size, coverage, border=border)
         return expand_region_values(vals, img.shape, patch_size)
-
-    @staticmethod
-    def apply_filter(
-        filter_map: ArrayLike, threshold: float, *, ties: Ties = "careamics"
-    ) -> NDArray[np.bool_]:
-        """Keep-mask ``filter_map > threshold`` (``>=`` with ``ties="keep"``)."""
-        return apply_threshold(filter_map, threshold, ties)
-
-    @staticmethod
-    def plot_filter_map(
-        image: ArrayLike, filter_map: ArrayLike, z_idx: int | None = None, **kwargs: Any
-    ) -> Figure:
-        """Plot the filter map over the image (3D: slice ``z_idx``, default middle)."""
-        from patchsieve.plotting import plot_filter_map
-
-        return plot_filter_map(
-            image, filter_map, z_idx, title="Maximum Filter Map", label="threshold", **kwargs
-        )

@@ -11,8 +11,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from patchsieve.config import MeanStdPatchFilterConfig
 from patchsieve.errors import ConfigError
-from patchsieve.filters._base import (
-    Border,
+from patchsieve.filters._base import RegionFilter
+from patchsieve.filters.stats import (
     Ties,
     as_image,
     as_patch,
@@ -23,6 +23,7 @@ from patchsieve.filters._base import (
     image_stats,
     keep_mask,
 )
+from patchsieve.grid import Border
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,7 +38,7 @@ def _non_negative(name: str, value: float | None, allow_none: bool) -> float | N
     return v
 
 
-class MeanStdPatchFilter:
+class MeanStdPatchFilter(RegionFilter):
     """Filter regions on the mean and (optionally) the std of the reference channel.
 
     Parameters
@@ -95,29 +96,29 @@ class MeanStdPatchFilter:
             )
         return not keep
 
-    @staticmethod
+    @classmethod
     def region_values(
-        image: ArrayLike, patch_size: Sequence[int], *, border: Border = "careamics"
+        cls, image: ArrayLike, patch_size: Sequence[int], *, border: Border = "careamics"
     ) -> NDArray[np.float64]:
         """Mean and std of every region: shape ``(2, *grid_shape)``."""
         img = as_image(image)
         st = image_stats(img, patch_size, ["mean", "std"], check_border(border))
         return np.stack([st["mean"], st["std"]])
 
-    @staticmethod
+    @classmethod
     def filter_map(
-        image: ArrayLike, patch_size: Sequence[int], *, border: Border = "careamics"
+        cls, image: ArrayLike, patch_size: Sequence[int], *, border: Border = "careamics"
     ) -> NDArray[np.float64]:
         """Stacked per-pixel mean and std maps ``(2, *image.shape)`` as CAREamics."""
         img = np.asarray(image)
-        vals = MeanStdPatchFilter.region_values(img, patch_size, border=border)
+        vals = cls.region_values(img, patch_size, border=border)
         out = np.empty((2, *img.shape), dtype=np.float64)
         for i in range(2):
             expand_region_values(vals[i], img.shape, patch_size, out=out[i])
         return out
 
     @staticmethod
-    def apply_filter(
+    def apply_filter(  # type: ignore[override] - CAREamics' signature takes two thresholds
         filter_map: ArrayLike,
         mean_threshold: float,
         std_threshold: float | None = None,
@@ -140,9 +141,9 @@ class MeanStdPatchFilter:
             keep &= keep_mask(fm[1], st, ties, strict_default=True)
         return keep
 
-    @staticmethod
+    @classmethod
     def plot_filter_map(
-        image: ArrayLike, filter_map: ArrayLike, z_idx: int | None = None, **kwargs: Any
+        cls, image: ArrayLike, filter_map: ArrayLike, z_idx: int | None = None, **kwargs: Any
     ) -> Figure:
         """Plot mean and std maps side by side (3D: slice ``z_idx``, default middle)."""
         from patchsieve.plotting import plot_meanstd_filter_map

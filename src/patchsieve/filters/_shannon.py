@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
 from patchsieve.config import ShannonPatchFilterConfig
 from patchsieve.errors import ConfigError
-from patchsieve.filters._base import (
-    Border,
-    Ties,
-    apply_threshold,
-    as_image,
-    as_patch,
-    check_border,
-    check_threshold,
-    check_ties,
-    expand_region_values,
-    image_stats,
-    keep_mask,
-)
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from patchsieve.filters._base import RegionFilter
+from patchsieve.filters.stats import Ties, as_patch, check_threshold, check_ties, keep_mask
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +22,7 @@ def shannon_entropy(patch: ArrayLike) -> float:
     return float(-np.sum(p * np.log2(p)))
 
 
-class ShannonPatchFilter:
+class ShannonPatchFilter(RegionFilter):
     """Filter regions on the Shannon entropy (base 2) of the reference channel.
 
     Parameters
@@ -62,6 +46,9 @@ class ShannonPatchFilter:
     2.0
     """
 
+    STAT = "entropy"
+    MAP_TITLE = "Shannon Entropy Filter Map"
+
     def __init__(self, threshold: float, *, ties: Ties = "careamics") -> None:
         thr = check_threshold("threshold", threshold)
         assert thr is not None
@@ -82,39 +69,3 @@ class ShannonPatchFilter:
         """True if the entropy of ``patch`` is below the threshold (CAREamics)."""
         h = shannon_entropy(as_patch(patch))
         return not bool(keep_mask(h, self.threshold, self.ties, strict_default=False))
-
-    @staticmethod
-    def region_values(
-        image: ArrayLike, patch_size: Sequence[int], *, border: Border = "careamics"
-    ) -> NDArray[np.float64]:
-        """Entropy of every region of a (Z)YX image, shape ``grid_shape``."""
-        img = as_image(image)
-        return image_stats(img, patch_size, ["entropy"], check_border(border))["entropy"]
-
-    @staticmethod
-    def filter_map(
-        image: ArrayLike, patch_size: Sequence[int], *, border: Border = "careamics"
-    ) -> NDArray[np.float64]:
-        """Per-pixel entropy map, exactly as CAREamics' ``filter_map``."""
-        img = np.asarray(image)
-        vals = ShannonPatchFilter.region_values(img, patch_size, border=border)
-        return expand_region_values(vals, img.shape, patch_size)
-
-    @staticmethod
-    def apply_filter(
-        filter_map: ArrayLike, threshold: float, *, ties: Ties = "careamics"
-    ) -> NDArray[np.bool_]:
-        """Keep-mask ``filter_map > threshold`` (``>=`` with ``ties="keep"``)."""
-        return apply_threshold(filter_map, threshold, ties)
-
-    @staticmethod
-    def plot_filter_map(
-        image: ArrayLike, filter_map: ArrayLike, z_idx: int | None = None, **kwargs: Any
-    ) -> Figure:
-        """Plot the filter map over the image (3D: slice ``z_idx``, default middle)."""
-        from patchsieve.plotting import plot_filter_map
-
-        return plot_filter_map(
-            image, filter_map, z_idx, title="Shannon Entropy Filter Map", label="threshold",
-            **kwargs,
-        )

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from patchsieve.grid import VolumeGeometry
+
 logger = logging.getLogger(__name__)
 
 #: stop adding pyramid levels when the largest downsampled spatial extent is below this
@@ -35,15 +37,15 @@ def _label_block(keep_cells: np.ndarray, ps: tuple[int, ...], n_lead: int, facto
     return sub.astype(np.uint8)
 
 
-def label_pyramid(keep_cells: np.ndarray, geom: Mapping[str, Any], chunks: Mapping[str, int],
+def label_pyramid(keep_cells: np.ndarray, geom: VolumeGeometry, chunks: Mapping[str, int],
                   downsample: Mapping[str, bool]) -> list[Any]:
     """Lazily build the label pyramid (list of dask arrays, level 0 first)."""
     import dask.array as da
 
-    spatial = list(geom["spatial_dims"])
-    shape0 = [int(n) for n in geom["spatial_shape"]]
-    ps = tuple(int(geom["patch_size"][d]) for d in spatial)
-    lead_shape = [int(n) for n in geom["sample_shape"]]
+    spatial = list(geom.spatial_dims)
+    shape0 = list(geom.spatial_shape)
+    ps = geom.patch_size
+    lead_shape = list(geom.sample_shape)
     n_lead = len(lead_shape)
     levels = []
     for k in range(MAX_LEVELS):
@@ -62,7 +64,7 @@ def label_pyramid(keep_cells: np.ndarray, geom: Mapping[str, Any], chunks: Mappi
     return levels
 
 
-def write_labels(group: Any, name: str, volume: Any, geom: Mapping[str, Any],
+def write_labels(group: Any, name: str, volume: Any, geom: VolumeGeometry,
                  keep_cells: np.ndarray) -> None:
     """Write ``labels/<name>`` (NGFF 0.5 multiscale labels) into the side-car ``group``.
 
@@ -75,8 +77,8 @@ def write_labels(group: Any, name: str, volume: Any, geom: Mapping[str, Any],
     if "labels" in group and name in group["labels"]:
         del group["labels"][name]
 
-    spatial = list(geom["spatial_dims"])
-    dims = [*geom["sample_dims"], *spatial]
+    spatial = list(geom.spatial_dims)
+    dims = [*geom.sample_dims, *spatial]
     chunks = {d: int(c[0]) for d, c in zip(volume.dims, volume.data.chunks)}
     downsample = {d: d != "z" for d in spatial}
     pyramid = label_pyramid(keep_cells, geom, chunks, downsample)

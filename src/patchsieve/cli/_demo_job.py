@@ -38,11 +38,11 @@ def run_demo(data_dir: str | os.PathLike[str], output: str | os.PathLike[str], *
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from patchsieve.compute import compute
+    from patchsieve.analysis import apply_threshold, suggest_threshold
     from patchsieve.config import MeanStdPatchFilterConfig, ShannonPatchFilterConfig
     from patchsieve.demo import write_demo_data
+    from patchsieve.filterpass import compute
     from patchsieve.filters import MaxPatchFilter, MeanStdPatchFilter, ShannonPatchFilter
-    from patchsieve.inspect import apply_threshold, suggest_threshold
     from patchsieve.volume import open_volume
 
     out = Path(output)

@@ -15,14 +15,13 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from patchsieve.errors import SidecarMismatchError
-
-if TYPE_CHECKING:
-    from patchsieve.dataset import PatchDataset
+from patchsieve.volume import open_zarr_array
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +233,8 @@ class _ChunkReader:
         if self._numpy is not None:
             return self._numpy
         if self._arr is None or self._pid != os.getpid():
-            self._arr = _open_array(self.url, self.array_path, self.storage_options)
+            self._arr = open_zarr_array(self.url, self.array_path,
+                                        storage_options=self.storage_options)
             self._pid = os.getpid()
             self._cache.clear()
             self._cached = 0
@@ -365,7 +365,51 @@ class _ChunkReader:
         return out
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- patch cutting
+@dataclass(frozen=True)
+class _PatchBoxes:
+    """Where the patches of plan entries lie in a reader's array (its dims in any order)."""
+
+    sample_dims: tuple[str, ...]
+    sample_shape: tuple[int, ...]
+    spatial_dims: tuple[str, ...]
+    patch_size: tuple[int, ...]
+
+    def boxes(self, dims: Sequence[str], chans: Sequence[int],
+              part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Box origins ``(n, ndim)`` in ``dims`` and the box size of plan entries ``part``."""
+        lo = np.empty((len(part), len(dims)), np.int64)
+        size = np.ones(len(dims), np.int64)
+        smp = np.unravel_index(part["sample"], self.sample_shape) if self.sample_shape else ()
+        for j, d in enumerate(dims):
+            if d in self.sample_dims:
+                lo[:, j] = smp[self.sample_dims.index(d)]
+            elif d == "c":
+                lo[:, j], size[j] = min(chans), max(chans) - min(chans) + 1
+            else:
+                k = self.spatial_dims.index(d)
+                lo[:, j], size[j] = part["origin"][:, k], self.patch_size[k]
+        return lo, size
+
+    def box(self, dims: Sequence[str], chans: Sequence[int], sample: Sequence[int],
+            origin: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Box ``[lo, hi)`` of one patch in ``dims`` (used by the benchmark baseline)."""
+        lo, hi = [], []
+        for d in dims:
+            if d in self.sample_dims:
+                i = sample[self.sample_dims.index(d)]
+                lo.append(i)
+                hi.append(i + 1)
+            elif d == "c":
+                lo.append(min(chans))
+                hi.append(max(chans) + 1)
+            else:
+                k = self.spatial_dims.index(d)
+                lo.append(origin[k])
+                hi.append(origin[k] + self.patch_size[k])
+        return lo, hi
+
+
 class _Cutter:
     """Patches ``b0:b1`` of an execution order, cut from one reader; the chunk cache is told
     the accesses of ``b0:b2`` (the look-ahead of its eviction rule and of the decoders).
@@ -377,10 +421,10 @@ class _Cutter:
     ahead in background threads in order of first use.
     """
 
-    def __init__(self, ds: PatchDataset, reader: _ChunkReader, chans: Sequence[int],
+    def __init__(self, ds: _PatchBoxes, reader: _ChunkReader, chans: Sequence[int],
                  todo: np.ndarray, b0: int, b1: int, b2: int):
         dims = reader.dims
-        lo, size = ds._geometry(dims, chans, todo[b0:b1])
+        lo, size = ds.boxes(dims, chans, todo[b0:b1])
         self.reader, self.b0 = reader, b0
         self.is_sample = [d in ds.sample_dims for d in dims]
         kept = [d for d in dims if d not in ds.sample_dims]
@@ -409,7 +453,7 @@ class _Cutter:
         self.loc, self.c0 = lo - c0 * ch, c0
         grid = [-(-n // c) for n, c in zip(reader.shape, reader.chunks, strict=True)]
         self.cid = np.ravel_multi_index(tuple(c0.T), grid) if nd else np.zeros(len(lo), np.int64)
-        ahead_lo = lo if b2 == b1 else ds._geometry(dims, chans, todo[b0:b2])[0]
+        ahead_lo = lo if b2 == b1 else ds.boxes(dims, chans, todo[b0:b2])[0]
         future = _future_uses(ahead_lo // ch, (ahead_lo + size - 1) // ch)
         for k in future:
             future[k] += b0
@@ -513,7 +557,7 @@ class _BlockCuts:
     one block of patches at a time (sequential access), telling the cache two blocks ahead;
     ``fill(k, b0, b1, out)``: a whole batch at once."""
 
-    def __init__(self, ds: PatchDataset, todo: np.ndarray, readers: Sequence[Any], block: int):
+    def __init__(self, ds: _PatchBoxes, todo: np.ndarray, readers: Sequence[Any], block: int):
         self.ds, self.todo, self.readers, self.block = ds, todo, list(readers), int(block)
         self.current = -1
         self.cuts: list[_Cutter] = []
@@ -564,22 +608,3 @@ def _future_uses(first: np.ndarray, last: np.ndarray) -> dict[tuple[int, ...], n
         for k, p in zip(keys[starts].tolist(), np.split(pos, cut), strict=True)
     }
 
-
-def _open_array(url: str | None, path: str, storage_options: Mapping[str, Any]) -> Any:
-    """Open a zarr array read-only with zarr/fsspec only (light: workers skip dask/xarray)."""
-    import zarr
-
-    text = str(url)
-    remote = "://" in text and not text.startswith("file://")
-    try:
-        arr = zarr.open_array(
-            text, path=path or None, mode="r", storage_options=dict(storage_options) if remote else None
-        )
-    except FileNotFoundError as err:
-        from patchsieve.errors import VolumeNotFoundError
-
-        raise VolumeNotFoundError(
-            f"source={text!r} path={path!r} holds no Zarr array. Fix: check the path or URL "
-            "and storage_options."
-        ) from err
-    return arr

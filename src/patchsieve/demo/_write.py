@@ -1,26 +1,4 @@
-"""Deterministic synthetic demo datasets, written as OME-Zarr chunk by chunk.
-
-Datasets (``kind``)
--------------------
-``"hagen2d"``
-    Hagen-like 2D stack, dims ``("s", "y", "x")``, full size ``(79, 1024, 1024)`` float32 holding
-    integer photon counts, ``Poisson(100 + 900 * structure) + rint(Normal(0, 5))``, as camera data
-    does. Coarse "cells" with a finer texture inside cover ~27 % of the area; the rest is dim
-    noisy background. Shannon entropy over 128 x 128 regions (CAREamics' Shannon filter with
-    patch 64) separates them around 7.5 bits: background regions ~5.5-6.1 bits, regions that
-    are mostly structure > 8 bits (measured on the full stack: max 6.06 / min 8.20).
-``"vol3d2c"``
-    3D two-channel uint16 volume, dims ``("c", "z", "y", "x")``, full size ``(2, 64, 512, 512)``,
-    3-level pyramid (z, y and x halved per level). Channel 0 is sparse (~8 % structure), channel 1
-    denser (~45 %, partly correlated with channel 0).
-``"vol3d2c_mask"``
-    Written with ``"vol3d2c"``: a binary uint8 mask ``("z", "y", "x")`` of channel 0's structure
-    (1 keep / 0 drop) for mask-based filtering demos.
-
-Every block is generated from its own seeded :class:`numpy.random.Generator`, so the output is
-deterministic and the full-size data never sits in memory at once. Sample stacks use the
-``{"name": "s", "type": "custom"}`` NGFF axis (see :mod:`patchsieve.volume`).
-"""
+"""Writers of the demo datasets and of OME-Zarr images (private to :mod:`patchsieve.demo`)."""
 
 from __future__ import annotations
 
@@ -34,12 +12,16 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 import zarr
-from scipy import ndimage as ndi
 
+from patchsieve.demo._fields import (
+    hagen_block,
+    mask_block,
+    vol_block,
+    vol_fields,
+)
 from patchsieve.errors import ConfigError
-from patchsieve.volume import DIM_ORDER, parse_axes
-
-__all__ = ["DEMO_KINDS", "DEMO_SIZES", "write_demo_data", "write_ome_zarr"]
+from patchsieve.grid import DIM_ORDER
+from patchsieve.volume import open_store, parse_axes
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +38,6 @@ _CHUNKS: dict[str, dict[str, tuple[int, ...]]] = {
     "full": {"hagen2d": (1, 512, 512), "vol3d2c": (1, 16, 256, 256), "mask": (16, 256, 256)},
     "small": {"hagen2d": (1, 128, 128), "vol3d2c": (1, 8, 64, 64), "mask": (8, 64, 64)},
 }
-_KIND_ID = {"hagen2d": 1, "vol3d2c": 2}
-_BG, _AMP, _READ_SIGMA = 100.0, 900.0, 5.0
 _NGFF_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
 
@@ -190,131 +170,8 @@ def _as_dask(data: np.ndarray | da.Array, chunks: tuple[int, ...]) -> da.Array:
 
 
 def _dest_store(dest: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> Any:
-    """A writable store (fsspec URL) or local path for ``dest``."""
-    text = os.fspath(dest)
-    if "://" in text and not text.startswith("file://"):
-        return zarr.storage.FsspecStore.from_url(
-            text, storage_options=dict(storage_options or {}), read_only=False
-        )
-    return text.removeprefix("file://")
-
-
-# ----------------------------------------------------------------------------- generators
-def _lowres_field(
-    rng: np.random.Generator, small_shape: tuple[int, ...], sigma: float
-) -> np.ndarray:
-    """Smooth periodic Gaussian random field on a coarse grid."""
-    return ndi.gaussian_filter(rng.standard_normal(small_shape), sigma, mode="wrap")
-
-
-def _structure(
-    small: np.ndarray, factors: tuple[int, ...], frac: float, region: tuple[slice, ...]
-) -> np.ndarray:
-    """Upsample ``small`` over ``region`` (linear, periodic) and map to blobs in [0, 1].
-
-    About ``frac`` of the volume is > 0 (threshold = the (1 - frac) quantile of ``small``).
-    Only ``region`` is computed, so blocks are independent of each other.
-    """
-    thr = np.quantile(small, 1.0 - frac)
-    top = float(small.max()) - thr
-    field = small
-    for axis, (sl, f) in enumerate(zip(region, factors, strict=True)):
-        weights = _linear_weights(small.shape[axis], f, sl)
-        field = np.moveaxis(np.tensordot(weights, field, axes=([1], [axis])), 0, axis)
-    return np.sqrt(np.clip(field - thr, 0.0, None) / top)
-
-
-def _linear_weights(n_small: int, factor: int, sl: slice) -> np.ndarray:
-    """Periodic linear-interpolation weights (rows: output pixels of ``sl``; cols: coarse grid).
-
-    Row ``o`` samples the coarse grid at ``(o + 0.5) / factor - 0.5`` with wrap-around, as
-    ``scipy.ndimage.zoom(..., order=1, mode="grid-wrap", grid_mode=True)`` does; applied axis by
-    axis (the interpolation is separable).
-    """
-    pos = (np.arange(sl.start, sl.stop, dtype=np.float64) + 0.5) / factor - 0.5
-    left = np.floor(pos)
-    frac = pos - left
-    weights = np.zeros((pos.size, n_small))
-    rows = np.arange(pos.size)
-    np.add.at(weights, (rows, left.astype(int) % n_small), 1.0 - frac)
-    np.add.at(weights, (rows, (left.astype(int) + 1) % n_small), frac)
-    return weights
-
-
-def _counts(rng: np.random.Generator, clean: np.ndarray) -> np.ndarray:
-    """Camera-like integer counts: Poisson shot noise plus rounded Gaussian read noise."""
-    out = rng.poisson(clean).astype(np.float64)
-    out += np.rint(rng.normal(0.0, _READ_SIGMA, size=clean.shape))
-    return np.clip(out, 0.0, None)
-
-
-def _coarse_factor(yx: Sequence[int]) -> int:
-    """Upsampling factor of the coarse 'cell' field: 128 px, smaller for small images."""
-    for factor in (128, 64, 32):
-        if all(n % factor == 0 and n // factor >= 4 for n in yx):
-            return factor
-    return 16
-
-
-def _hagen_signal(
-    seed: int, sample: int, yx: Sequence[int], region: tuple[slice, ...]
-) -> np.ndarray:
-    """Noise-free photon rate of one sample over ``region``.
-
-    Coarse "cells" cover ~30 % of the area (soft edges); inside them a finer texture spans
-    10-100 % of the amplitude, so structure regions hold many distinct count values (high
-    entropy) and background regions hold Poisson(100) + read noise only (~5.5 bits).
-    """
-    rng = np.random.default_rng([seed, _KIND_ID["hagen2d"], sample])
-    coarse = _coarse_factor(yx)
-    cells = _lowres_field(rng, (yx[0] // coarse, yx[1] // coarse), 1.0)
-    texture = _lowres_field(rng, (yx[0] // 8, yx[1] // 8), 1.5)
-    cell = np.clip(4.0 * _structure(cells, (coarse, coarse), 0.3, region), 0.0, 1.0)
-    fine = _structure(texture, (8, 8), 0.95, region)
-    return _BG + _AMP * cell * (0.1 + 0.9 * fine)
-
-
-def _hagen_block(seed: int, yx: tuple[int, int], block_info: dict | None = None) -> np.ndarray:
-    """One (1, h, w) block of the Hagen-like stack (float32 integer counts)."""
-    loc = block_info[None]["array-location"]
-    chunk = block_info[None]["chunk-location"]
-    region = tuple(slice(a, b) for a, b in loc[1:])
-    clean = _hagen_signal(seed, loc[0][0], yx, region)
-    rng = np.random.default_rng([seed, _KIND_ID["hagen2d"], loc[0][0], *chunk[1:], 7])
-    return _counts(rng, clean).astype(np.float32)[None]
-
-
-def _vol_fields(seed: int, zyx: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    small_shape = (max(zyx[0] // 4, 1), max(zyx[1] // 16, 1), max(zyx[2] // 16, 1))
-    rng = np.random.default_rng([seed, _KIND_ID["vol3d2c"]])
-    return _lowres_field(rng, small_shape, 1.5), _lowres_field(rng, small_shape, 1.5)
-
-
-def _vol_signal(
-    f0: np.ndarray, f1: np.ndarray, channel: int, region: tuple[slice, ...]
-) -> np.ndarray:
-    s0 = _structure(f0, (4, 16, 16), 0.08, region)
-    if channel == 0:
-        return _BG + _AMP * s0
-    s1 = _structure(f1, (4, 16, 16), 0.45, region)
-    return _BG + 0.5 * _AMP * np.clip(0.5 * s0 + 0.7 * s1, 0.0, 1.0)
-
-
-def _vol_block(
-    f0: np.ndarray, f1: np.ndarray, seed: int, block_info: dict | None = None
-) -> np.ndarray:
-    """One (1, dz, h, w) block of the two-channel volume."""
-    loc = block_info[None]["array-location"]
-    chunk = block_info[None]["chunk-location"]
-    region = tuple(slice(a, b) for a, b in loc[1:])
-    clean = _vol_signal(f0, f1, loc[0][0], region)
-    rng = np.random.default_rng([seed, _KIND_ID["vol3d2c"], *chunk, 11])
-    return np.rint(_counts(rng, clean)).clip(0, 65535).astype(np.uint16)[None]
-
-
-def _mask_block(f0: np.ndarray, block_info: dict | None = None) -> np.ndarray:
-    region = tuple(slice(a, b) for a, b in block_info[None]["array-location"])
-    return (_structure(f0, (4, 16, 16), 0.08, region) > 0.1).astype(np.uint8)
+    """A writable store for ``dest`` (local path or fsspec URL)."""
+    return open_store(dest, storage_options=storage_options, read_only=False)
 
 
 # ----------------------------------------------------------------------------- public entry point
@@ -391,7 +248,7 @@ def write_demo_data(
                 written[name] = str(path)
                 continue
             data = da.map_blocks(
-                partial(_hagen_block, seed, tuple(shape[1:])),
+                partial(hagen_block, seed, tuple(shape[1:])),
                 dtype=np.float32,
                 chunks=tuple(_split(n, c) for n, c in zip(shape, chunk, strict=True)),
                 meta=np.empty((0, 0, 0), np.float32),
@@ -435,13 +292,13 @@ def _write_vol(
     reuse = _reuse(path, params, overwrite) and _reuse(mask_path, mask_params, overwrite)
     if reuse:
         return result
-    f0, f1 = _vol_fields(seed, tuple(shape[1:]))
+    f0, f1 = vol_fields(seed, tuple(shape[1:]))
     phys = {
         "scale": {"z": 0.5, "y": 0.2, "x": 0.2},
         "units": {"z": "micrometer", "y": "micrometer", "x": "micrometer"},
     }
     data = da.map_blocks(
-        partial(_vol_block, f0, f1, seed),
+        partial(vol_block, f0, f1, seed),
         dtype=np.uint16,
         chunks=tuple(_split(n, c) for n, c in zip(shape, chunk, strict=True)),
         meta=np.empty((0, 0, 0, 0), np.uint16),
@@ -457,7 +314,7 @@ def _write_vol(
         **phys,
     )
     mask = da.map_blocks(
-        partial(_mask_block, f0),
+        partial(mask_block, f0),
         dtype=np.uint8,
         chunks=tuple(_split(n, c) for n, c in zip(shape[1:], mask_chunk, strict=True)),
         meta=np.empty((0, 0, 0), np.uint8),

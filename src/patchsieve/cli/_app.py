@@ -1,4 +1,4 @@
-"""The ``patchsieve`` command line (typer). Commands only parse, set up logging and delegate."""
+"""The typer app and its main commands (private to :mod:`patchsieve.cli`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any, Optional
 import typer
 
 from patchsieve._version import __version__
+from patchsieve.cli._options import build_filter_config, fail, parse_patch, storage_options
+from patchsieve.cli.thresholds import register as register_threshold_tools
 from patchsieve.errors import PatchsieveError
 
 app = typer.Typer(
@@ -22,9 +24,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 logger = logging.getLogger("patchsieve")
-
-FILTER_CHOICES = ("max", "mean_std", "meanstd", "shannon", "mask")
-
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at emit time (safe across repeated invocations)."""
@@ -70,69 +69,6 @@ def _main(
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(code=2)
-
-
-def _parse_patch(text: str) -> tuple[int, ...]:
-    from patchsieve.errors import ConfigError
-
-    try:
-        vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError as err:
-        raise ConfigError(
-            f"--patch must be comma-separated integers like 64,64 or 16,64,64; got {text!r}."
-        ) from err
-    return vals
-
-
-def _storage_options(text: str | None, endpoint: str | None) -> dict[str, Any] | None:
-    from patchsieve.errors import ConfigError
-
-    opts: dict[str, Any] = {}
-    if text:
-        try:
-            opts.update(json.loads(text))
-        except ValueError as err:
-            raise ConfigError("--storage-options must be a JSON object, e.g. "
-                              "'{\"anon\": true}'") from err
-    if endpoint:
-        opts["endpoint_url"] = endpoint
-    return opts or None
-
-
-def build_filter_config(kind: str, *, threshold: float | None, std_threshold: float | None,
-                        coverage: float | None, ref_channel: int, filtered_patch_prob: float,
-                        mask: str | None) -> Any:
-    """Build one filter config from CLI flags (shared by `compute`, `run` overrides)."""
-    from patchsieve.config import (
-        MaskPatchFilterConfig,
-        MaxPatchFilterConfig,
-        MeanStdPatchFilterConfig,
-        ShannonPatchFilterConfig,
-    )
-    from patchsieve.errors import ConfigError
-
-    kind = kind.lower().replace("-", "_")
-    common = {"ref_channel": ref_channel, "filtered_patch_prob": filtered_patch_prob}
-    if kind != "mask" and threshold is None:
-        raise ConfigError(f"--threshold is required for --filter {kind}. Fix: e.g. --threshold 7.5.")
-    if kind == "max":
-        return MaxPatchFilterConfig(threshold=threshold, coverage=coverage, **common)
-    if kind in ("mean_std", "meanstd"):
-        return MeanStdPatchFilterConfig(mean_threshold=threshold, std_threshold=std_threshold,
-                                        **common)
-    if kind == "shannon":
-        return ShannonPatchFilterConfig(threshold=threshold, **common)
-    if kind == "mask":
-        if mask is None:
-            raise ConfigError("--mask is required for --filter mask. Fix: --mask path/to/mask.zarr")
-        return MaskPatchFilterConfig(mask=mask, coverage=0.25 if coverage is None else coverage,
-                                     **common)
-    raise ConfigError(f"--filter must be one of {', '.join(FILTER_CHOICES)}; got {kind!r}.")
-
-
 @app.command()
 def compute(
     source: str = typer.Argument(..., help="Volume: OME-Zarr/Zarr/TIFF path or fsspec URL."),
@@ -156,13 +92,14 @@ def compute(
     overwrite: bool = typer.Option(False, help="Replace a side-car made for other params/source."),
     labels: bool = typer.Option(False, help="Also write full-resolution OME-Zarr labels."),
     border: str = typer.Option("careamics", help="careamics (zero-padded) or valid."),
-    storage_options: Optional[str] = typer.Option(None, help="fsspec options as JSON."),  # noqa: UP007
+    storage_options_json: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--storage-options", help="fsspec options as JSON."),
     endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Run the filter pass and write the side-car (resumable; rerun to complete)."""
-    from patchsieve.compute import compute as run_compute
+    from patchsieve.filterpass import compute as run_compute
 
     try:
         thresholds = list(threshold or [])
@@ -174,10 +111,10 @@ def compute(
                                       filtered_patch_prob=filtered_patch_prob, mask=mask)
             name = cfg.name if cfg.name not in configs else f"{cfg.name}-{i}"
             configs[name] = cfg
-        so = _storage_options(storage_options, endpoint_url)
-        patch_size: Any = _parse_patch(patch)
+        so = storage_options(storage_options_json, endpoint_url)
+        patch_size: Any = parse_patch(patch)
         if level > 0:
-            from patchsieve.inspect import level_patch_size
+            from patchsieve.analysis import level_patch_size
 
             patch_size = tuple(level_patch_size(source, patch_size, level, storage_options=so,
                                                 axes=axes).values())
@@ -187,22 +124,15 @@ def compute(
                          progress=progress and not json_out,
                          cluster={"n_workers": n_workers, "threads_per_worker": threads_per_worker})
     except PatchsieveError as err:
-        _fail(err)
+        fail(err)
         return
     _report_sidecar(sc, json_out)
 
 
 def _report_sidecar(sc: Any, json_out: bool) -> None:
-    summary = {"sidecar": sc.path, "source": sc.source, "complete": sc.is_complete,
-               "filters": {}}
-    for name in sc.filter_names:
-        fo = sc.filter_out(name)
-        tot = sc.sample_totals(name)
-        summary["filters"][name] = {
-            "regions": int(fo.size), "background": int(fo.sum()),
-            "background_fraction": float(fo.mean()) if fo.size else 0.0,
-            "patches_per_epoch": int(tot["n_patches_per_epoch"].sum()),
-        }
+    from patchsieve.analysis import brief_summary
+
+    summary = brief_summary(sc)
     if json_out:
         typer.echo(json.dumps(summary, indent=1))
         return
@@ -224,7 +154,7 @@ def demo_data(
     try:
         paths = write_demo_data(out, size=size)
     except PatchsieveError as err:
-        _fail(err)
+        fail(err)
         return
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
@@ -237,12 +167,12 @@ def demo(
     size: str = typer.Option("full", help="full or small."),
 ) -> None:
     """Generate the demo data and run the main job on it (what `make demo` runs)."""
-    from patchsieve._demo_job import run_demo
+    from patchsieve.cli._demo_job import run_demo
 
     try:
         lines = run_demo(data, output, size=size)
     except PatchsieveError as err:
-        _fail(err)
+        fail(err)
         return
     for line in lines:
         typer.echo(line)
@@ -262,7 +192,7 @@ def run(
     try:
         result = run_pipeline(spec, overrides=set_ or [], dry_run=dry_run)
     except PatchsieveError as err:
-        _fail(err)
+        fail(err)
         return
     if json_out:
         typer.echo(json.dumps(result, indent=1, default=str))
@@ -280,7 +210,8 @@ def sample(
     filter_name: Optional[str] = typer.Option(None, "--filter", help="Filter of the side-car."),  # noqa: UP007
     epochs: int = typer.Option(1, help="Epochs the audit covers."),
     seed: int = typer.Option(0, help="Sampling seed."),
-    storage_options: Optional[str] = typer.Option(None, help="fsspec options as JSON."),  # noqa: UP007
+    storage_options_json: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--storage-options", help="fsspec options as JSON."),
     endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -288,7 +219,7 @@ def sample(
     from patchsieve.dataset import PatchDataset
 
     try:
-        so = _storage_options(storage_options, endpoint_url)
+        so = storage_options(storage_options_json, endpoint_url)
         ds = PatchDataset(sidecar=sidecar, mode=mode, filter_name=filter_name, seed=seed,
                           storage_options=so)
         for i, _ in enumerate(ds):
@@ -296,7 +227,7 @@ def sample(
                 break
         report = ds.audit(epochs=epochs) if audit else {}
     except PatchsieveError as err:
-        _fail(err)
+        fail(err)
         return
     if json_out:
         typer.echo(json.dumps(report, indent=1, default=str))
@@ -305,13 +236,7 @@ def sample(
         typer.echo(f"{key}: {value}")
 
 
-def _register_tools() -> None:
-    from patchsieve._cli_tools import register
-
-    register(app)
-
-
-_register_tools()
+register_threshold_tools(app)
 
 
 def main() -> None:

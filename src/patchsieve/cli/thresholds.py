@@ -1,7 +1,7 @@
 """CLI commands to choose and trust thresholds: ``inspect``, ``plot``, ``suggest-threshold``, ``preview``.
 
-Mounted on the main app by ``register(app)`` (called from :mod:`patchsieve.cli`). The commands
-parse, draw progress and print; the work happens in :mod:`patchsieve.inspect`. Human output is a
+Mounted on the main app by ``register(app)``. The commands parse, draw progress and print; the
+work happens in :mod:`patchsieve.analysis`. Human output is a
 rich table on stdout; ``--json`` prints one JSON document, ``--quiet`` one line per result.
 Progress and status go to stderr so that stdout stays parseable.
 """
@@ -16,25 +16,14 @@ from typing import Any, Optional
 
 import typer
 
-from patchsieve.errors import PatchsieveError
+from patchsieve.cli._options import SO_HELP as _SO_HELP
+from patchsieve.cli._options import build_filter_config, fail, parse_patch
+from patchsieve.cli._options import storage_options as _options
+from patchsieve.errors import ConfigError, PatchsieveError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["register"]
-
-_SO_HELP = "fsspec options as JSON (credentials, endpoint), never stored."
-
-
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(code=2)
-
-
-def _options(storage_options: str | None, endpoint_url: str | None) -> dict[str, Any] | None:
-    from patchsieve.cli import _storage_options
-
-    return _storage_options(storage_options, endpoint_url)
-
 
 def _use_agg() -> None:
     import matplotlib
@@ -208,7 +197,7 @@ def inspect_cmd(
     endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
 ) -> None:
     """Summarise a side-car: geometry, filters, kept/background shares, sampling modes, levels."""
-    from patchsieve.inspect import summarize
+    from patchsieve.analysis import summarize
 
     try:
         so = _options(storage_options, endpoint_url)
@@ -216,7 +205,7 @@ def inspect_cmd(
             s = summarize(sidecar, storage_options=so, references=reference or [],
                           find_references=find_references, seed=seed)
     except PatchsieveError as err:
-        _fail(err)
+        fail(err)
         return
     if json_out:
         typer.echo(json.dumps(s, indent=1, default=str))
@@ -261,20 +250,19 @@ def plot_cmd(
     endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
 ) -> None:
     """Plot image + filter map + keep mask for every filter (one panel per filter)."""
-    from patchsieve.inspect import _looks_like_sidecar, plot_filter_maps
+    from patchsieve.analysis import plot_filter_maps
+    from patchsieve.sidecar import is_sidecar
 
     _use_agg()
     try:
         so = _options(storage_options, endpoint_url)
-        is_sc = _looks_like_sidecar(source, so)
+        is_sc = is_sidecar(source, so)
         filters: list[Any] | None = list(filter or []) or None
         patch_size = None
         if not is_sc:
-            from patchsieve.cli import _parse_patch, build_filter_config
-
             if patch is None:
                 raise _config_error("--patch is required to plot a volume, e.g. --patch 64,64.")
-            patch_size = _parse_patch(patch)
+            patch_size = parse_patch(patch)
             kinds = filters or ["max", "mean_std", "shannon"]
             thr = list(threshold or [])
             if thr and len(thr) != len(kinds):
@@ -292,7 +280,7 @@ def plot_cmd(
                              filters=filters, patch_size=patch_size, axes=axes, level=level,
                              storage_options=so, dpi=dpi)
     except PatchsieveError as err:
-        _fail(err)
+        fail(err)
         return
     if json_out:
         typer.echo(json.dumps({"output": output, "source": source, "sample": sample, "z": z,
@@ -302,8 +290,6 @@ def plot_cmd(
 
 
 def _config_error(msg: str) -> Exception:
-    from patchsieve.errors import ConfigError
-
     return ConfigError(msg)
 
 
@@ -328,7 +314,7 @@ def suggest_cmd(
     endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
 ) -> None:
     """Suggest a threshold from the stored region statistics (histogram PNG; --apply writes it)."""
-    from patchsieve.inspect import apply_threshold, plot_threshold_histogram, suggest_threshold
+    from patchsieve.analysis import apply_threshold, plot_threshold_histogram, suggest_threshold
 
     _use_agg()
     try:
@@ -343,7 +329,7 @@ def suggest_cmd(
                 apply_threshold(sidecar, sg.filter, sg.threshold, field=sg.field,
                                 storage_options=so)
     except PatchsieveError as err:
-        _fail(err)
+        fail(err)
         return
     if json_out:
         typer.echo(json.dumps({**sg.to_dict(), "histogram": out, "applied": apply}, default=str))
@@ -380,7 +366,7 @@ def preview_cmd(
     endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
 ) -> None:
     """Grid of patches as the dataset samples them; background patches framed orange."""
-    from patchsieve.inspect import plot_preview, preview_patches
+    from patchsieve.analysis import plot_preview, preview_patches
 
     _use_agg()
     try:
@@ -399,7 +385,7 @@ def preview_cmd(
                     on_progress=lambda done, total: bar.update(task, completed=done))
         plot_preview(res, output, dpi=dpi)
     except PatchsieveError as err:
-        _fail(err)
+        fail(err)
         return
     k = int(res["background"].sum())
     if json_out:

@@ -1,61 +1,5 @@
-"""Epoch plans of patch origins: CAREamics ``StratifiedPatching`` semantics, vectorised.
-
-This module is pure numpy. It turns the per-region weights of a side-car into one *plan* per
-epoch (a compact structured array of patch origins), splits a plan between DDP ranks and
-DataLoader workers, orders a shard so that neighbouring patches share decoded storage chunks,
-and defines the resume position.
-
-Sampling model (``mode="per_epoch"``, the default) -- CAREamics 0.3.5
-``careamics/dataset/patching/stratified_patching.py`` reproduced for every sample:
-
-* the region grid has ``(size + 1) // patch`` regions per spatial axis; region ``g`` selects
-  patch origins in ``[g*patch, g*patch + min(patch, size - (g+1)*patch + 1))`` per axis, so
-  every patch fits the image (the *selectable area* ``a_i`` is the number of such origins);
-* background regions (``filter_out`` True) get the relative probability ``p``
-  (``filtered_patch_prob``), kept regions 1; the epoch has
-  ``N = ceil(prod(size / patch) - sum_bg (1 - p))`` patches per sample (the subtraction is
-  sequential in region order, as CAREamics' loop does, so the ceil sees the same rounding);
-* regions are bin-packed by their adjusted area ``a_i * p_i`` into ``N`` bins with CAREamics'
-  best-fit-decreasing algorithm (same order, same tie-breaks, same capacity growth, including
-  the integer truncation that CAREamics' ``int64`` capacity array applies when the largest
-  region is a kept one); patch index ``b`` draws region ``i`` of its bin with probability
-  ``a_i p_i / bin_size`` and spreads the bin's unused capacity over all regions of the sample in
-  proportion to ``a_i p_i``; the origin is then uniform in the region's selectable box.
-
-The bin packing only stratifies an epoch (which regions appear together); the expected number
-of visits of region ``i`` per epoch is ``N * a_i p_i / sum_j a_j p_j`` whatever the packing.
-
-Expected share of background patches per epoch (``expected_background_fraction``):
-
-* ``per_epoch``: ``sum_s N_s * B_s / A_s / sum_s N_s`` with ``A_s = sum_i a_i p_i`` and
-  ``B_s`` the same sum over background regions; on a grid of equal areas this is the region-unit
-  formula ``p N_bg / (N_fg + p N_bg)``.
-* ``with_replacement``: ``epoch_length`` i.i.d. draws with ``P(i) = a_i p_i / sum_j a_j p_j``
-  over all samples: ``sum_bg a p / sum a p`` (again ``p N_bg / (N_fg + p N_bg)`` in region
-  units), with binomial spread between epochs.
-* ``fixed_subset``: ``k_s = floor(sum_bg p + 0.5)`` background regions per sample are chosen once
-  (from ``seed`` only) and then sampled like kept regions in every epoch, the others never:
-  ``k / (N_fg + k)`` in region units, identical in every epoch.
-
-Sharding rule: an epoch plan of ``n`` patches is truncated to ``n_keep = n - n % world_size``
-(like ``DistributedSampler(drop_last=True)``), rank ``r`` takes plan positions
-``r, r + world_size, ...`` (``n_keep // world_size`` patches, the same for every rank), and the
-DataLoader workers of a rank split the rank's share (:func:`worker_orders`). The union over all
-ranks and workers is the truncated plan whatever ``(world_size, num_workers)``; shards are
-disjoint.
-
-Execution order (chunk-aware, bounded shuffle window): the storage chunks are cut into runs of
-``window`` neighbouring chunks (:func:`chunk_groups`); a rank's patches are ordered run by run
-(runs in order of first appearance in the plan, patches of a run in plan order, i.e. random)
-and the workers take consecutive pieces of that order, of the same sizes as the interleaved
-split, so batch counts do not change between epochs. A run's decoded
-chunks fit the worker's cache, so each chunk is decoded about once per epoch while a batch still
-mixes patches of up to ``window`` chunks. Reordering never changes which patches are drawn,
-only when and by which worker; ``window=0`` keeps plan order with interleaved workers.
-
-Resume: a worker's position is the number of patches of its execution order already consumed;
-skipping that many patches resumes the epoch exactly.
-"""
+"""CAREamics ``StratifiedPatching`` epoch plans, vectorised (private to :mod:`patchsieve.sampling`;
+the sampling model is described in the package docstring)."""
 
 from __future__ import annotations
 
@@ -68,23 +12,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from patchsieve.errors import ConfigError
+from patchsieve.grid import grid_extent
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "MODES",
-    "SamplingMode",
-    "StratifiedPatching",
-    "careamics_n_patches",
-    "chunk_groups",
-    "pack_regions",
-    "plan_dtype",
-    "region_areas",
-    "shard_positions",
-    "worker_orders",
-    "worker_positions_from_batches",
-    "zorder_chunk_ids",
-]
 
 SamplingMode = Literal["per_epoch", "with_replacement", "fixed_subset"]
 MODES: tuple[str, ...] = ("per_epoch", "with_replacement", "fixed_subset")
@@ -162,7 +92,7 @@ def region_areas(
     shape, ps = _check_geometry(spatial_shape, patch_size)
     lengths = []
     for s, p in zip(shape, ps, strict=True):
-        g = np.arange((s + 1) // p, dtype=np.int64)
+        g = np.arange(grid_extent(s, p), dtype=np.int64)
         lengths.append(np.clip(s - (g + 1) * p + 1, 0, p))
     areas = lengths[0]
     for ln in lengths[1:]:
@@ -596,142 +526,3 @@ class StratifiedPatching:
             f"StratifiedPatching(spatial_shape={self.spatial_shape}, patch_size={self.patch_size}, "
             f"n_samples={self.n_samples}, mode={self.mode!r}, epoch_length={self.epoch_length})"
         )
-
-
-# --------------------------------------------------------------------------- sharding & order
-def shard_positions(
-    n_plan: int, *, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1
-) -> NDArray[np.int64]:
-    """Plan positions of one (rank, worker) shard; see the sharding rule in the module docstring.
-
-    Examples
-    --------
-    >>> shard_positions(7, rank=1, world_size=2, worker=0, num_workers=2).tolist()
-    [1, 5]
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"rank must lie in [0, world_size={world_size}); got rank={rank}.")
-    nw = max(int(num_workers), 1)
-    if not 0 <= worker < nw:
-        raise ConfigError(f"worker must lie in [0, num_workers={nw}); got {worker}.")
-    n_keep = n_plan - n_plan % world_size
-    return np.arange(rank, n_keep, world_size, dtype=np.int64)[worker::nw]
-
-
-def _morton(coords: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Z-order (bit-interleaved) code of integer coordinates, shape (n, ndim)."""
-    n, ndim = coords.shape
-    code = np.zeros(n, dtype=np.int64)
-    bits = max(int(coords.max(initial=0)).bit_length(), 1)
-    if bits * ndim > 62:
-        raise ConfigError(f"chunk grid too large for a Z-order code ({bits} bits x {ndim} dims).")
-    for b in range(bits):
-        for d in range(ndim):
-            code |= ((coords[:, d] >> b) & 1) << (b * ndim + (ndim - 1 - d))
-    return code
-
-
-def zorder_chunk_ids(
-    samples: ArrayLike, chunk_coords: ArrayLike, grid: Sequence[int]
-) -> tuple[NDArray[np.int64], int]:
-    """Index of chunks along a Z-order curve, sample by sample, and the number of chunks.
-
-    Consecutive indices are spatial neighbours, so a run of ``k`` consecutive chunks
-    (:func:`chunk_groups`) is a compact block that holds most of the neighbours that patches
-    straddle.
-
-    Examples
-    --------
-    >>> zorder_chunk_ids([0, 0, 0, 1], [[0, 0], [0, 1], [1, 0], [0, 0]], (2, 3))
-    (array([0, 1, 2, 6]), 12)
-    """
-    grid = [int(g) for g in grid]
-    coords = np.asarray(chunk_coords, dtype=np.int64).reshape(-1, len(grid))
-    per_sample = int(np.prod(grid))
-    all_codes = np.sort(_morton(np.stack(np.unravel_index(np.arange(per_sample), grid), axis=1)))
-    rank = np.searchsorted(all_codes, _morton(coords))
-    smp = np.asarray(samples, dtype=np.int64)
-    n_samples = int(smp.max(initial=0)) + 1
-    return smp * per_sample + rank, n_samples * per_sample
-
-
-def chunk_groups(chunk_ids: ArrayLike, n_chunks: int, window: int) -> NDArray[np.int64] | None:
-    """Group of every patch: runs of ``window`` consecutive storage chunks (None: plan order).
-
-    ``chunk_ids`` is the linear index (sample-major, C order) of the storage chunk holding each
-    patch origin, in plan order. Chunks are cut into runs of ``window`` neighbouring chunks,
-    starting at the chunk of the first patch (so the cut moves with every epoch's plan);
-    ``window <= 0`` returns None (no grouping).
-
-    Examples
-    --------
-    >>> chunk_groups([5, 0, 7, 6, 1], 8, 2).tolist()
-    [0, 1, 1, 0, 2]
-    """
-    ids = np.asarray(chunk_ids, dtype=np.int64)
-    if window <= 0:
-        return None
-    if ids.size == 0:
-        return ids.copy()
-    return ((ids - ids[0]) % max(int(n_chunks), 1)) // int(window)
-
-
-def worker_orders(groups: ArrayLike | None, n: int, num_workers: int) -> list[NDArray[np.int64]]:
-    """Split a rank's share (``n`` patches, plan order) between workers, in execution order.
-
-    Without groups (``None``): worker ``w`` takes positions ``w, w + W, ...`` in plan order.
-    With groups (:func:`chunk_groups`): the share is ordered run by run (runs ranked by their
-    first appearance in the plan, the patches of a run in plan order) and cut into ``W``
-    consecutive pieces, so that each worker reads its own runs. Either way worker ``w`` gets
-    ``len(range(w, n, W))`` patches, the same every epoch, and the workers' positions partition
-    ``range(n)``: reordering changes when a patch is read, never which patches are read.
-
-    Examples
-    --------
-    >>> [o.tolist() for o in worker_orders([1, 0, 1, 0, 2], 5, 2)]
-    [[0, 2, 1], [3, 4]]
-    """
-    nw = max(int(num_workers), 1)
-    pos = np.arange(n, dtype=np.int64)
-    if groups is None:
-        return [pos[w::nw] for w in range(nw)]
-    g = np.asarray(groups, dtype=np.int64)
-    uniq, first = np.unique(g, return_index=True)
-    rank_of = np.empty(uniq.size, np.int64)
-    rank_of[np.argsort(first, kind="stable")] = np.arange(uniq.size)
-    order = np.lexsort((pos, rank_of[np.searchsorted(uniq, g)]))
-    bounds = np.concatenate([[0], np.cumsum([len(range(w, n, nw)) for w in range(nw)])])
-    return [order[bounds[w] : bounds[w + 1]] for w in range(nw)]
-
-
-def worker_positions_from_batches(
-    n_batches: int, shard_sizes: Sequence[int], batch_size: int, *, drop_last: bool = False
-) -> list[int]:
-    """Patches consumed per worker after ``n_batches`` in-order DataLoader batches.
-
-    A DataLoader over an IterableDataset delivers batches round-robin over its workers, skipping
-    a worker once it has run out (``torch.utils.data.dataloader``: tasks go to active workers in
-    turn and come back in task order). Each worker batches its own shard, so worker ``w`` has
-    ``ceil(size_w / batch_size)`` batches (``floor`` with ``drop_last``).
-
-    Examples
-    --------
-    >>> worker_positions_from_batches(3, [10, 9], 4)
-    [8, 4]
-    >>> worker_positions_from_batches(5, [2, 9], 2)
-    [2, 8]
-    """
-    sizes = np.asarray(shard_sizes, dtype=np.int64)
-    if batch_size <= 0:
-        raise ConfigError(f"batch_size must be positive; got {batch_size}.")
-    nb = sizes // batch_size if drop_last else -(-sizes // batch_size)
-    n_batches = int(min(max(n_batches, 0), int(nb.sum())))
-    # after r full rounds every worker w has delivered min(nb_w, r) batches
-    rounds = np.arange(int(nb.max(initial=0)) + 1)
-    delivered = np.minimum(nb[None, :], rounds[:, None]).sum(axis=1)
-    r = int(np.searchsorted(delivered, n_batches, side="right") - 1)
-    got = np.minimum(nb, r)
-    extra = n_batches - int(delivered[r])
-    active = np.flatnonzero(nb > r)[:extra]
-    got[active] += 1
-    return [int(x) for x in np.minimum(got * batch_size, sizes)]

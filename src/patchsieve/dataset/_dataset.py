@@ -1,0 +1,562 @@
+"""``PatchDataset`` (private module; see :mod:`patchsieve.dataset`)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from patchsieve.dataset._batches import _batch_items, _BatchRing
+from patchsieve.dataset._chunks import _BlockCuts, _ChunkReader, _PatchBoxes
+from patchsieve.dataset._setup import (
+    OutputOptions,
+    SamplingOptions,
+    SourceOptions,
+    get_sidecar,
+    norm_stats,
+    rank_and_world,
+    resolve_channels,
+    source_reader,
+    target_reader,
+)
+from patchsieve.dataset._state import MAX_WORKERS, ReadCounters, SharedEpochState
+from patchsieve.errors import ConfigError
+from patchsieve.sampling import (
+    StratifiedPatching,
+    chunk_groups,
+    shard_positions,
+    worker_orders,
+    zorder_chunk_ids,
+)
+
+if TYPE_CHECKING:
+    from patchsieve.dataset._loader import PatchLoader
+
+logger = logging.getLogger(__name__)
+
+PREPARE_BLOCK = 4096  # patches whose geometry is prepared at once (cache look-ahead: 2 blocks)
+
+
+# --------------------------------------------------------------------------- dataset
+class PatchDataset(IterableDataset):
+    """Patches drawn with a side-car's region weights, streamed from chunked storage.
+
+    Parameters
+    ----------
+    source : str, path-like or numpy.ndarray, optional
+        The input volume (Zarr / OME-Zarr, local path or fsspec URL). Default: the side-car's
+        source.
+    patch_size : sequence of int or mapping, optional
+        Patch size (CAREamics order). Required without ``sidecar``; must equal the side-car's.
+    patch_filter_config : PatchFilterConfig, optional
+        The filter (e.g. ``ShannonPatchFilterConfig(threshold=7.5)``). Without ``sidecar`` the
+        filter pass runs (or a matching complete side-car at the default location is reused).
+    sidecar : str, path-like or Sidecar, optional
+        A completed side-car.
+    target : str, path-like or numpy.ndarray, optional
+        Paired target volume (CARE / N2N), read at the same location; same sizes except ``c``.
+    filter_name : str, optional
+        Which filter of the side-car to use (default: the one matching ``patch_filter_config``,
+        or the only one).
+    mode : {"per_epoch", "with_replacement", "fixed_subset"}
+        Sampling mode (:mod:`patchsieve.sampling`); ``per_epoch`` is CAREamics' semantics.
+    channels, target_channels : int or sequence of int, optional
+        Channels to return (default all).
+    seed : int
+        Seed of the epoch plans.
+    epoch_length : int, optional
+        Patches per epoch for ``with_replacement``.
+    shuffle_window : int, optional
+        Chunks per run of the chunk-aware execution order (:mod:`patchsieve.sampling`): a batch
+        mixes patches of up to this many neighbouring storage chunks, each decoded about once
+        per epoch. Default: what half of ``cache_bytes`` holds (see :meth:`window`); 0 = plan
+        order (every patch may need a fresh chunk).
+    cache_bytes : int
+        Bound of the per-worker cache of decoded chunks (input and target each).
+    normalize : bool
+        Standardise input channels with the side-car's stored per-channel mean/std.
+    transform : callable, optional
+        ``transform(x, y) -> (x, y)`` on numpy arrays ``(C, [Z,] Y, X)`` (``y`` None without
+        target), e.g. :class:`patchsieve.transforms.RandomFlipRotate`.
+    return_metadata : bool
+        Also yield a dict: sample index, origin, region, region weight, is_background.
+    storage_options, target_storage_options : mapping, optional
+        fsspec options (credentials, endpoint) of the source and target.
+    rank, world_size : int, optional
+        DDP rank and world size (default: ``torch.distributed`` when initialised, else 0/1).
+    axes, level : optional
+        Passed to the filter pass / volume opening.
+    client : distributed.Client, optional
+        Client for the filter pass when it runs.
+    sidecar_timeout : float
+        Seconds non-zero ranks wait for rank 0's side-car.
+    batch_size : int, optional
+        Collate batches inside the dataset (in the DataLoader worker): every patch is cut
+        straight into its slot of a preallocated float32 batch, which saves a copy and the
+        per-patch tensors. The batches equal those of ``DataLoader(batch_size=batch_size)``
+        over the per-patch dataset (same patches, same order, same values; each worker batches
+        its own shard). Use with :meth:`loader` / :class:`PatchLoader` (they pass
+        ``batch_size=None`` to the DataLoader). Default None: single patches.
+    drop_last : bool
+        With ``batch_size``: drop each worker's last short batch (as the DataLoader's
+        ``drop_last`` does).
+
+    Notes
+    -----
+    ``len(dataset)`` is the number of patches of this rank per epoch (also with
+    ``batch_size``). Iterating yields ``x`` (a float32 tensor ``(C, [Z,] Y, X)``), ``(x, y)``
+    with a target, plus ``meta`` last when ``return_metadata``; with ``batch_size`` a batch
+    ``(B, C, [Z,] Y, X)`` or a list ``[x, y(, meta)]`` whose ``meta`` holds one tensor per key,
+    as ``default_collate`` returns them.
+    """
+
+    def __init__(
+        self,
+        source: Any = None,
+        *,
+        patch_size: Sequence[int] | Mapping[str, int] | None = None,
+        patch_filter_config: Any = None,
+        sidecar: Any = None,
+        target: Any = None,
+        filter_name: str | None = None,
+        mode: str = "per_epoch",
+        channels: int | Sequence[int] | None = None,
+        target_channels: int | Sequence[int] | None = None,
+        seed: int = 0,
+        epoch_length: int | None = None,
+        shuffle_window: int | None = None,
+        cache_bytes: int = 256 * 2**20,
+        normalize: bool = False,
+        transform: Callable[..., Any] | None = None,
+        return_metadata: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        target_storage_options: Mapping[str, Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        axes: str | None = None,
+        level: int = 0,
+        client: Any = None,
+        sidecar_timeout: float = 3600.0,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+    ):
+        super().__init__()
+        out = OutputOptions(channels, target_channels, bool(normalize), transform,
+                            bool(return_metadata), None if batch_size is None else batch_size,
+                            bool(drop_last), cache_bytes)
+        rank, world_size = rank_and_world(rank, world_size)
+        sampling = SamplingOptions(mode, int(seed), epoch_length, shuffle_window, rank,
+                                   world_size)
+        opts = SourceOptions(source, sidecar, patch_size, patch_filter_config, filter_name,
+                             target, storage_options, target_storage_options, axes, level,
+                             client, sidecar_timeout)
+        self.source_options, self.sampling_options, self.output_options = opts, sampling, out
+        sc = get_sidecar(opts, sampling)
+        self.sidecar_path = str(getattr(sc, "path", ""))
+        self.filter_name = sc.resolve_filter(filter_name, patch_filter_config)
+        sc.require_patch_size(patch_size)
+        self.dims = tuple(sc.dims)
+        self.spatial_dims = tuple(sc.spatial_dims)
+        self.sample_dims = tuple(sc.sample_dims)
+        self.sample_shape = tuple(sc.sample_shape)
+        self.patch_size = tuple(int(sc.patch_size[d]) for d in self.spatial_dims)
+        self._boxes = _PatchBoxes(self.sample_dims, self.sample_shape, self.spatial_dims,
+                                  self.patch_size)
+        shape = dict(sc.shape)
+        self.channels = resolve_channels(channels, shape.get("c", 1), "channels")
+        self.sampler = StratifiedPatching(
+            [shape[d] for d in self.spatial_dims], self.patch_size,
+            sc.weights(self.filter_name), background=sc.filter_out(self.filter_name),
+            mode=mode, seed=seed, epoch_length=epoch_length)
+        self._norm = norm_stats(sc, self.channels, len(self.spatial_dims)) if normalize else None
+        self._reader = source_reader(sc, opts, self.cache_bytes)
+        self._target_reader: _ChunkReader | None = None
+        self.target_channels: list[int] = []
+        if target is not None:
+            self._target_reader, self.target_channels = target_reader(
+                opts, shape, target_channels, self.cache_bytes)
+        self._state = SharedEpochState()  # shared with DataLoader workers, persistent ones too
+        self._reads = ReadCounters()
+        self._main_position = 0
+        self._ring: _BatchRing | None = None  # set by a PatchLoader while it starts its workers
+        # (batch_size, drop_last) a PatchLoader asks for while it starts iterating (None: own)
+        self._loader_batching: tuple[int, bool] | None = None
+        self._main_epoch = -1
+
+    # ---- options (grouped in source_options, sampling_options and output_options)
+    @property
+    def mode(self) -> str:
+        """Sampling mode."""
+        return self.sampling_options.mode
+
+    @property
+    def seed(self) -> int:
+        """Seed of the epoch plans."""
+        return self.sampling_options.seed
+
+    @property
+    def rank(self) -> int:
+        """DDP rank of this dataset."""
+        return self.sampling_options.rank
+
+    @property
+    def world_size(self) -> int:
+        """DDP world size."""
+        return self.sampling_options.world_size
+
+    @property
+    def shuffle_window(self) -> int | None:
+        """Chunks per run of the execution order (None: automatic, see :meth:`window`)."""
+        sw = self.sampling_options.shuffle_window
+        return None if sw is None else int(sw)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bound of the per-worker cache of decoded chunks."""
+        return int(self.output_options.cache_bytes)
+
+    @property
+    def batch_size(self) -> int | None:
+        """Batch size of in-dataset batching (None: single patches)."""
+        bs = self.output_options.batch_size
+        return None if bs is None else int(bs)
+
+    @property
+    def drop_last(self) -> bool:
+        """Whether each worker's last short batch is dropped."""
+        return self.output_options.drop_last
+
+    @property
+    def transform(self) -> Callable[..., Any] | None:
+        """The ``transform(x, y)`` applied to every item."""
+        return self.output_options.transform
+
+    @property
+    def return_metadata(self) -> bool:
+        """Whether items carry their metadata dict."""
+        return self.output_options.return_metadata
+
+    # ---- epochs and resume
+    @property
+    def epoch(self) -> int:
+        """The current epoch (shared with DataLoader workers)."""
+        return self._state.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch plan; visible to persistent workers."""
+        if int(epoch) < 0:
+            raise ConfigError(f"epoch must be >= 0; got {epoch}.")
+        self._state.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.sampler.epoch_length // self.world_size
+
+    def _orders(self, epoch: int, num_workers: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """This rank's share of the epoch plan and every worker's execution order of it."""
+        plan = self.sampler.epoch_plan(epoch)
+        share = plan[shard_positions(len(plan), rank=self.rank, world_size=self.world_size)]
+        ids, n_chunks = self._chunk_ids(share)
+        groups = chunk_groups(ids, n_chunks, self.window(num_workers))
+        return share, worker_orders(groups, len(share), num_workers)
+
+    def _shard(self, epoch: int, worker: int, num_workers: int) -> np.ndarray:
+        share, orders = self._orders(epoch, num_workers)
+        return share[orders[worker]]
+
+    def _chunk_grid(self) -> tuple[list[int], list[int]]:
+        ch = self._reader.chunks
+        spatial_ch = [ch[self.dims.index(d)] for d in self.spatial_dims]
+        n = [-(-self.sampler.spatial_shape[i] // c) for i, c in enumerate(spatial_ch)]
+        return spatial_ch, n
+
+    def _chunk_ids(self, entries: np.ndarray) -> tuple[np.ndarray, int]:
+        """Z-order index of the storage chunk holding each patch origin, and the chunk count."""
+        spatial_ch, n = self._chunk_grid()
+        coords = entries["origin"] // np.asarray(spatial_ch, dtype=np.int64)
+        ids, _ = zorder_chunk_ids(entries["sample"], coords, n)
+        return ids, max(self.sampler.n_samples, 1) * int(np.prod(n))
+
+    def window(self, num_workers: int = 0) -> int:
+        """Chunks per run of the execution order (``shuffle_window`` or the automatic choice).
+
+        Automatic: as many chunks as half the cache holds (room for the neighbours that
+        patches straddle), at most ``n_chunks / (2 * workers)`` so that every worker gets runs.
+        """
+        if self.shuffle_window is not None:
+            return self.shuffle_window
+        spatial_ch, n = self._chunk_grid()
+        arr_ch = self._reader.chunks
+        itemsize = np.dtype(self._reader.array().dtype).itemsize
+        c_read = 1
+        if "c" in self.dims:
+            cc = arr_ch[self.dims.index("c")]
+            c_read = cc * len({c // cc for c in self.channels})
+        chunk_bytes = int(np.prod(spatial_ch)) * c_read * itemsize
+        n_chunks = max(self.sampler.n_samples, 1) * int(np.prod(n))
+        by_cache = max(self.cache_bytes // max(2 * chunk_bytes, 1), 1)
+        by_balance = max(-(-n_chunks // (2 * max(int(num_workers), 1))), 1)
+        return int(min(by_cache, by_balance))
+
+    def shard_sizes(self, num_workers: int) -> list[int]:
+        """Patches per DataLoader worker of this rank (``num_workers=0``: one entry)."""
+        nw = max(int(num_workers), 1)
+        m = len(self)
+        return [len(range(w, m, nw)) for w in range(nw)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Resume state of direct (in-process) iteration; see :meth:`PatchLoader.state_dict`."""
+        return {
+            "seed": self.seed,
+            "mode": self.mode,
+            "epoch": self.epoch,
+            "num_workers": 0,
+            "positions": [int(self._main_position) if self._main_epoch == self.epoch else 0],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume mid-epoch: the next iteration of ``state['epoch']`` skips consumed patches."""
+        missing = [k for k in ("seed", "mode", "epoch", "positions")
+                   if not isinstance(state, Mapping) or k not in state]
+        if missing:
+            raise ConfigError(
+                f"state lacks {missing}; it was not made by PatchDataset.state_dict(). Fix: pass "
+                "the dict that state_dict() returned."
+            )
+        if int(state["seed"]) != self.seed or state["mode"] != self.mode:
+            raise ConfigError(
+                f"state was saved with seed={state['seed']}, mode={state['mode']!r}; this dataset "
+                f"has seed={self.seed}, mode={self.mode!r}. Fix: build the dataset with the same "
+                "seed and mode."
+            )
+        self._state.set_resume(int(state["epoch"]), int(state.get("num_workers", 0)),
+                               [int(p) for p in state["positions"]])
+
+    # ---- iteration
+    def __iter__(self) -> Iterator[Any]:
+        # read now (iter() runs inside the loader's start, before it clears the request)
+        batch_size, drop_last = self._loader_batching or (self.batch_size, self.drop_last)
+        return self._iterate(batch_size, drop_last)
+
+    def _iterate(self, batch_size: int | None, drop_last: bool) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, nw = (0, 0) if info is None else (info.id, info.num_workers)
+        if nw > MAX_WORKERS:
+            raise ConfigError(f"num_workers must be <= {MAX_WORKERS}; got {nw}.")
+        if info is not None:
+            torch.set_num_threads(1)
+        epoch = self.epoch
+        shard = self._shard(epoch, worker, nw)
+        start = self._state.take_position(epoch, worker, nw)
+        if info is None:
+            self._main_epoch, self._main_position = epoch, start
+        slot = worker if info is not None else ReadCounters.MAIN
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, self.rank, worker]))
+        if self.transform is not None and hasattr(self.transform, "reseed"):
+            self.transform.reseed(rng)
+        self._stats_base = self._reads.row(slot).copy()
+        self._counters0 = self._counters()
+        todo = shard[start:]
+        readers = [(self._reader, self.channels)]
+        if self._target_reader is not None:
+            readers.append((self._target_reader, self.target_channels))
+        # geometry prepared block by block (bounded memory, fast first batch); a block is a
+        # whole number of batches
+        block = PREPARE_BLOCK if batch_size is None else batch_size * max(
+            1, PREPARE_BLOCK // batch_size
+        )
+        blocks = _BlockCuts(self._boxes, todo, readers, block)
+        cuts = [functools.partial(blocks, k) for k in range(len(readers))]
+        if batch_size is not None:
+            for b0 in range(0, len(todo), batch_size):
+                b1 = min(b0 + batch_size, len(todo))
+                if drop_last and b1 - b0 < batch_size:
+                    break
+                batch = self._load_batch(todo, blocks, b0, b1)
+                self._record(slot, b1)
+                if info is None:
+                    self._main_position += b1 - b0
+                yield batch
+            self._record(slot, len(shard) - start)
+            return
+        for i, entry in enumerate(todo):
+            item = self._load(entry, [c(i) for c in cuts], None)
+            if i % 32 == 0:
+                self._record(slot, i + 1)
+            if info is None:
+                self._main_position += 1
+            yield item
+        self._record(slot, len(shard) - start)
+
+    def _load_batch(self, todo: np.ndarray, blocks: _BlockCuts, b0: int, b1: int) -> Any:
+        """Patches ``b0:b1`` of ``todo`` cut straight into one batch, as ``default_collate``
+        would stack the per-patch items (same values, dtypes and structure).
+
+        Inside a worker of a :class:`PatchLoader` the batch goes into a slot of the loader's
+        :class:`_BatchRing` and a small :class:`_RingBatch` message is returned instead (the
+        loader turns it back into the batch).
+        """
+        outs, tensors = [], []
+        info = get_worker_info()
+        ring = self._ring if info is not None else None
+        slot = ring.acquire(info.id) if ring is not None else None
+        for k, (_, chans) in enumerate(blocks.readers):
+            shape = (b1 - b0, len(chans), *self.patch_size)
+            if slot is not None:  # a reused shared-memory slot: no new segment per batch
+                t = ring.view(k, info.id, slot, b1 - b0)
+                out = t.numpy()
+            elif info is not None:  # like default_collate: straight into shared memory
+                t = torch.empty(shape, dtype=torch.float32).share_memory_()
+                out = t.numpy()
+            else:
+                out = np.empty(shape, np.float32)
+                t = torch.from_numpy(out)
+            blocks.fill(k, b0, b1, out)
+            outs.append(out)
+            tensors.append(t)
+        x = outs[0]
+        y = outs[1] if len(outs) > 1 else None
+        if self.transform is None:
+            if self._norm is not None:
+                x -= self._norm[0]
+                x /= self._norm[1]
+        else:
+            for k in range(b1 - b0):
+                xk = x[k]
+                if self._norm is not None:
+                    xk = (xk - self._norm[0]) / self._norm[1]
+                res = self.transform(xk, y[k] if y is not None else None)
+                if not isinstance(res, tuple) or len(res) != 2:
+                    raise ConfigError(
+                        f"transform must return (x, y) (y None without a target); got "
+                        f"{type(res).__name__}. Fix: return both arrays, e.g. `return x, y`."
+                    )
+                x[k] = res[0]
+                if y is not None:
+                    y[k] = res[1]
+        meta = None
+        if self.return_metadata:
+            part = todo[b0:b1]
+            meta = {
+                "sample": part["sample"].astype(np.int64),
+                "origin": np.ascontiguousarray(part["origin"], dtype=np.int64),
+                "region": part["region"].astype(np.int64),
+                "weight": part["weight"].astype(np.float64),
+                "is_background": part["background"].astype(bool),
+            }
+        if slot is not None:
+            return ring.message(info.id, slot, b1 - b0, meta)
+        return _batch_items(tensors, meta)
+
+    def _counters(self) -> np.ndarray:
+        r, t = self._reader, self._target_reader
+        return np.array(
+            [
+                0.0,
+                r.hits + (t.hits if t else 0),
+                r.misses + (t.misses if t else 0),
+                r.bytes_read + (t.bytes_read if t else 0),
+            ]
+        )
+
+    def _record(self, slot: int, done: int) -> None:
+        """Publish this iteration's read counters to the shared table (cumulative per slot)."""
+        row = self._reads.row(slot)  # a view of the shared table: no tensor per call
+        row[:] = self._stats_base + self._counters() - self._counters0
+        row[0] = self._stats_base[0] + done
+
+    def _box(
+        self, dims: Sequence[str], chans: Sequence[int], sample: Sequence[int], origin: Sequence[int]
+    ) -> tuple[list[int], list[int]]:
+        """Box ``[lo, hi)`` of one patch in the reader's dims (used by the benchmark baseline)."""
+        return self._boxes.box(dims, chans, sample, origin)
+
+    def _load(
+        self, entry: np.ndarray, patches: Sequence[np.ndarray], origin: Sequence[int] | None = None
+    ) -> Any:
+        x = patches[0]
+        if self._norm is not None:
+            x = (x - self._norm[0]) / self._norm[1]
+        y = patches[1] if len(patches) > 1 else None
+        if self.transform is not None:
+            out = self.transform(x, y)
+            if not isinstance(out, tuple) or len(out) != 2:
+                raise ConfigError(
+                    f"transform must return (x, y) (y None without a target); got "
+                    f"{type(out).__name__}. Fix: return both arrays, e.g. `return x, y`."
+                )
+            x, y = out
+        out: list[Any] = [torch.from_numpy(np.ascontiguousarray(x))]
+        if y is not None:
+            out.append(torch.from_numpy(np.ascontiguousarray(y)))
+        if self.return_metadata:
+            out.append(
+                {
+                    "sample": int(entry["sample"]),
+                    "origin": torch.as_tensor(entry["origin"].tolist() if origin is None else origin),
+                    "region": int(entry["region"]),
+                    "weight": float(entry["weight"]),
+                    "is_background": bool(entry["background"]),
+                }
+            )
+        return out[0] if len(out) == 1 else tuple(out)
+
+    # ---- audit
+    def audit(self, epochs: int = 1) -> dict[str, Any]:
+        """Sampling audit: realized vs expected background share, visits, reads, cache.
+
+        The realized numbers are computed from this rank's plans of ``epochs`` epochs starting
+        at the current one (what iteration yields); the read numbers from the patches read so
+        far in this process and its DataLoader workers.
+        """
+        sp = self.sampler
+        bg = n = 0
+        visits = np.zeros((sp.n_samples, int(np.prod(sp.grid_shape))), np.int64)
+        for e in range(self.epoch, self.epoch + max(int(epochs), 1)):
+            plan = sp.epoch_plan(e)
+            plan = plan[shard_positions(len(plan), rank=self.rank, world_size=self.world_size)]
+            bg += int(plan["background"].sum())
+            n += len(plan)
+            np.add.at(visits, (plan["sample"], plan["region"]), 1)
+        exp = sp.expected_visits().reshape(visits.shape) / self.world_size * max(int(epochs), 1)
+        eligible = exp > 0
+        flat_bg = sp.background.reshape(visits.shape)
+        reads = self._reads.totals()
+        patches, hits, misses = reads["patches"], reads["hits"], reads["misses"]
+        nbytes = reads["bytes_read"]
+        return {
+            "epochs": max(int(epochs), 1),
+            "patches": n,
+            "expected_background_fraction": sp.expected_background_fraction(),
+            "realized_background_fraction": bg / n if n else 0.0,
+            "visits": {
+                "regions": int(visits.size),
+                "eligible_regions": int(eligible.sum()),
+                "never_visited_eligible": int(((visits == 0) & eligible).sum()),
+                "kept_mean": float(visits[~flat_bg].mean()) if (~flat_bg).any() else 0.0,
+                "background_mean": float(visits[flat_bg].mean()) if flat_bg.any() else 0.0,
+                "max": int(visits.max(initial=0)),
+                "quantiles": dict(
+                    zip(
+                        ("p5", "p50", "p95"),
+                        (float(q) for q in np.percentile(visits[eligible], [5, 50, 95]))
+                        if eligible.any()
+                        else (0.0, 0.0, 0.0),
+                        strict=True,
+                    )
+                ),
+            },
+            "patches_read": int(patches),
+            "bytes_read_per_patch": nbytes / patches if patches else 0.0,
+            "chunk_cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+        }
+
+    def loader(self, **kwargs: Any) -> PatchLoader:
+        """A :class:`PatchLoader` (``torch.utils.data.DataLoader``) over this dataset."""
+        from patchsieve.dataset._loader import PatchLoader
+
+        return PatchLoader(self, **kwargs)

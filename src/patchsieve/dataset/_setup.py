@@ -1,0 +1,241 @@
+"""How a :class:`~patchsieve.dataset.PatchDataset` is set up (private): its options in groups,
+the side-car it samples from, and the readers of its source and target."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from patchsieve.dataset._chunks import _ChunkReader
+from patchsieve.errors import ConfigError, SidecarIncompleteError, SidecarMismatchError
+from patchsieve.sampling import MODES
+from patchsieve.sidecar import Sidecar, open_sidecar
+from patchsieve.volume import same_location
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Where the patches come from: the side-car, the volume, an optional paired target."""
+
+    source: Any
+    sidecar: Any
+    patch_size: Any
+    patch_filter_config: Any
+    filter_name: str | None
+    target: Any
+    storage_options: Mapping[str, Any] | None
+    target_storage_options: Mapping[str, Any] | None
+    axes: str | None
+    level: int
+    client: Any
+    sidecar_timeout: float
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Which patches an epoch draws and in which order."""
+
+    mode: str
+    seed: int
+    epoch_length: int | None
+    shuffle_window: int | None
+    rank: int
+    world_size: int
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}; got {self.mode!r}.")
+        if self.shuffle_window is not None:
+            _check_int("shuffle_window", self.shuffle_window)
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What one item looks like: channels, normalisation, transform, batching, cache."""
+
+    channels: int | Sequence[int] | None
+    target_channels: int | Sequence[int] | None
+    normalize: bool
+    transform: Callable[..., Any] | None
+    return_metadata: bool
+    batch_size: int | None
+    drop_last: bool
+    cache_bytes: int
+
+    def __post_init__(self) -> None:
+        bs = self.batch_size
+        if bs is not None and (isinstance(bs, bool) or not isinstance(bs, (int, np.integer))
+                               or bs < 1):
+            raise ConfigError(
+                f"batch_size must be a positive integer or None; got {bs!r}. Fix: e.g. "
+                "batch_size=64 (batches collated in the dataset), or None for single patches.")
+        _check_int("cache_bytes", self.cache_bytes)
+
+
+def _check_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be an integer >= 0; got {value!r}. Fix: e.g. {name}=0.")
+    if int(value) < 0:
+        raise ConfigError("shuffle_window and cache_bytes must be >= 0.")
+
+
+def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """The DDP rank and world size: given, else ``torch.distributed``'s, else 0 and 1."""
+    if rank is not None or world_size is not None:
+        r, ws = int(rank or 0), int(world_size or 1)
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        r, ws = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        r, ws = 0, 1
+    if ws < 1 or not 0 <= r < ws:
+        raise ConfigError(f"rank must lie in [0, world_size={ws}); got rank={r}.")
+    return r, ws
+
+
+def resolve_channels(channels: int | Sequence[int] | None, n: int, name: str) -> list[int]:
+    """Channel indices (all ``n`` for None), validated."""
+    if channels is None:
+        return list(range(n))
+    sel = [channels] if isinstance(channels, (int, np.integer)) else list(channels)
+    bad = [c for c in sel if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < n]
+    if not sel or bad:
+        raise ConfigError(
+            f"{name} must be channel indices in [0, {n}); got {channels!r}. Fix: pass e.g. "
+            f"{name}=0 or {name}=[0, 1], or None for all {n} channels.")
+    return [int(c) for c in sel]
+
+
+def get_sidecar(opts: SourceOptions, sampling: SamplingOptions) -> Sidecar:
+    """The complete side-car to sample from: given, or found / computed for the source."""
+    sidecar, source = opts.sidecar, opts.source
+    if source is None and sidecar is None:
+        raise ConfigError("pass source (a volume) or sidecar (a completed side-car).")
+    if sidecar is not None:
+        if isinstance(sidecar, (str, os.PathLike)):
+            return open_sidecar(os.fspath(sidecar), storage_options=opts.storage_options)
+        if not getattr(sidecar, "is_complete", False):
+            raise SidecarIncompleteError(
+                f"side-car {getattr(sidecar, 'path', sidecar)!r} is not complete. Fix: rerun "
+                "`patchsieve compute` with the same arguments to finish it.")
+        if isinstance(source, (str, os.PathLike)) and not same_location(source, sidecar.source):
+            logger.warning("source %r differs from the side-car's source %r; checking shapes",
+                           source, sidecar.source)
+        return sidecar  # type: ignore[no-any-return]
+    if opts.patch_size is None or opts.patch_filter_config is None:
+        raise ConfigError(
+            "without sidecar, pass patch_size and patch_filter_config so that the filter "
+            "pass can run. Fix: e.g. patch_size=(64, 64), "
+            "patch_filter_config=ShannonPatchFilterConfig(threshold=7.5).")
+    from patchsieve.filterpass import ensure_sidecar
+
+    return ensure_sidecar(
+        source, opts.patch_filter_config, opts.patch_size, storage_options=opts.storage_options,
+        axes=opts.axes, level=opts.level, client=opts.client, rank=sampling.rank,
+        world_size=sampling.world_size, timeout=opts.sidecar_timeout)
+
+
+def norm_stats(sc: Sidecar, channels: Sequence[int],
+               n_spatial: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (float32, broadcastable to a patch) from the side-car."""
+    stats = sc.normalization()
+    if not stats or "mean" not in stats or "std" not in stats:
+        raise SidecarIncompleteError(
+            "normalize=True needs the side-car's per-channel mean/std, which it lacks. "
+            "Fix: recompute the side-car, or pass normalize=False.")
+    mean = np.atleast_1d(np.asarray(stats["mean"], np.float64))
+    std = np.atleast_1d(np.asarray(stats["std"], np.float64))
+    mean = mean[list(channels)] if mean.size > 1 else mean
+    std = std[list(channels)] if std.size > 1 else std
+    shape = (-1,) + (1,) * n_spatial
+    return (mean.reshape(shape).astype(np.float32),
+            np.maximum(std, 1e-12).reshape(shape).astype(np.float32))
+
+
+def source_reader(sc: Sidecar, opts: SourceOptions, cache_bytes: int) -> _ChunkReader:
+    """The reader of the input volume (the side-car's source, or another copy of it)."""
+    src = sc.source if opts.source is None else opts.source
+    shape = dict(sc.shape)
+    array_path = sc.array_path
+    if isinstance(src, (str, os.PathLike)) and not same_location(src, sc.source):
+        array_path = _check_other_source(src, shape, opts)
+    reader = _make_reader(src, array_path, opts.storage_options, shape, "source")
+    reader.cache_bytes = int(cache_bytes)
+    reader.array()  # validate now (opened again lazily in every worker)
+    return reader
+
+
+def _check_other_source(src: Any, shape: Mapping[str, int], opts: SourceOptions) -> str:
+    """A source at another location than the side-car's: same dims and sizes required."""
+    from patchsieve.volume import open_volume
+
+    vol = open_volume(src, axes=opts.axes, level=opts.level,
+                      storage_options=opts.storage_options)
+    if dict(vol.sizes) != dict(shape):
+        raise SidecarMismatchError(
+            f"source {src!r} has sizes {dict(vol.sizes)}; the side-car was computed for a "
+            f"volume of shape {dict(shape)}. Fix: pass the side-car of this source or omit "
+            "sidecar= to compute one.")
+    return str(vol.attrs.get("array_path", ""))
+
+
+def _make_reader(src: Any, array_path: str, storage_options: Any, shape: Mapping[str, int],
+                 what: str) -> _ChunkReader:
+    dims = list(shape)
+    if isinstance(src, np.ndarray):
+        if src.shape != tuple(shape[d] for d in dims):
+            raise ConfigError(
+                f"{what} array has shape {src.shape}; expected "
+                f"{tuple(shape[d] for d in dims)} (dims {tuple(dims)}).")
+        return _ChunkReader(None, "", None, src.shape, [shape[d] for d in dims], 0, array=src,
+                            dims=dims)
+    if not isinstance(src, (str, os.PathLike)):
+        raise ConfigError(
+            f"{what} must be a Zarr/OME-Zarr path or URL or a numpy array; got "
+            f"{type(src).__name__}.")
+    return _ChunkReader(os.fspath(src), array_path, storage_options, [shape[d] for d in dims],
+                        None, 0, dims=dims)
+
+
+def target_reader(opts: SourceOptions, shape: Mapping[str, int], target_channels: Any,
+                  cache_bytes: int) -> tuple[_ChunkReader, list[int]]:
+    """The reader of the paired target (CARE / N2N) and its channels."""
+    from patchsieve.volume import open_volume
+
+    target, so = opts.target, opts.target_storage_options
+    try:
+        vol = open_volume(target, axes=opts.axes, level=opts.level, storage_options=so)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to open is the user's target
+        raise ConfigError(
+            f"target {target!r} cannot be opened ({err}). Fix: pass the path "
+            "or URL of the target volume (and target_storage_options).") from err
+    tshape = dict(vol.sizes)
+    mismatch = [d for d in set(shape) | set(tshape)
+                if d != "c" and shape.get(d) != tshape.get(d)]
+    if mismatch:
+        raise ConfigError(
+            f"target has sizes {tshape}, the input {dict(shape)}: they differ in "
+            f"{sorted(mismatch)}. Fix: pass a target of the same (s, t, z, y, x) sizes.")
+    tch = resolve_channels(target_channels, tshape.get("c", 1), "target_channels")
+    tdims = list(vol.dims)
+    if isinstance(target, np.ndarray):
+        data = np.asarray(vol.data)
+        reader = _ChunkReader(None, "", None, data.shape, data.shape, 0, array=data, dims=tdims)
+    elif isinstance(target, (str, os.PathLike)):
+        reader = _ChunkReader(os.fspath(target), str(vol.attrs.get("array_path", "")), so,
+                              [tshape[d] for d in tdims], None, int(cache_bytes), dims=tdims)
+    else:
+        raise ConfigError(
+            f"target must be a Zarr/OME-Zarr path or URL or a numpy array; got "
+            f"{type(target).__name__}.")
+    reader.array()
+    return reader, tch

@@ -22,12 +22,15 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 venv: $(STAMP)
 
-## make test: everything except the `slow` scale tests (CI runs this through .ci/run)
+## make test: the import contracts (pyproject.toml), then everything except the `slow` scale tests,
+## doctests of src/ included (CI runs this through .ci/run)
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ## make test-all: including the slow scale tests
 test-all: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make demo: generate the demo datasets and run the main job on them
@@ -46,6 +49,7 @@ bench-large: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_OUT) .pytest_cache

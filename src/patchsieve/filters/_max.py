@@ -66,7 +66,7 @@ class MaxPatchFilter(RegionFilter):
     Examples
     --------
     >>> img = np.zeros((128, 128), np.float32); img[:64, :64] = 500
-    >>> MaxPatchFilter.filter_map(img, (64, 64))[0, 0]
+    >>> float(MaxPatchFilter.filter_map(img, (64, 64))[0, 0])
     500.0
     """
 

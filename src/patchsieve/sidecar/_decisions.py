@@ -10,9 +10,10 @@ import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
+import zarr
 
 from patchsieve.errors import SidecarIncompleteError
 from patchsieve.grid import VolumeGeometry
@@ -24,8 +25,18 @@ from patchsieve.sidecar._format import (
     stats_key,
 )
 
-if TYPE_CHECKING:
-    from patchsieve.sidecar._writer import SidecarWriter
+
+
+class _Writes(Protocol):
+    """What the decision step needs of a side-car writer (:class:`SidecarWriter` has it)."""
+
+    path: str
+
+    @property
+    def group(self) -> zarr.Group: ...
+
+    def array(self, key: str, shape: Sequence[int], chunks: Sequence[int], dtype: str,
+              fill_value: Any = 0) -> zarr.Array: ...
 
 
 def cover_cells(keep: np.ndarray, cell_shape: Sequence[int]) -> np.ndarray:
@@ -100,7 +111,7 @@ def normalization(group: Any, geometry: VolumeGeometry, keep_cells: np.ndarray |
     return out
 
 
-def update_decisions(writer: SidecarWriter, geometry: VolumeGeometry,
+def update_decisions(writer: _Writes, geometry: VolumeGeometry,
                      configs: Mapping[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """(Re)compute decisions, weights, totals and normalisation from the stored statistics."""
     from patchsieve.regions import filter_out_from_stats, required_stats

@@ -2,7 +2,7 @@
 
 Measured in one run, on the cached benchmark volumes (``benchmarks/data.py``):
 
-- ``hagen2d`` (79x1024x1024 float32, chunks 1x512x512), patch 64x64, Max filter;
+- ``ref2d`` (79x1024x1024 float32, chunks 1x512x512), patch 64x64, Max filter;
 - ``large-2g`` (64x4096x4096 uint16 ZYX, chunks 32x256x256 = 4 MiB), patch 16x64x64, Max
   filter (``--quick``: ``vol3d``, 2x64x512x512 CZYX, channel 1).
 
@@ -23,7 +23,7 @@ CAREamics' own in-memory dataset with the same filter.
 Usage::
 
     python benchmarks/bench_dataset.py            # both volumes
-    python benchmarks/bench_dataset.py --quick    # 12 slices of hagen2d, vol3d
+    python benchmarks/bench_dataset.py --quick    # 12 slices of ref2d, vol3d
     python benchmarks/bench_dataset.py --rss      # + peak RSS 2 GiB vs 16 GiB volume
 """
 
@@ -332,9 +332,9 @@ def main() -> None:
         return
     from patchsieve.config import MaxPatchFilterConfig
 
-    spec2d = bench_data.SPECS["hagen2d"]
+    spec2d = bench_data.SPECS["ref2d"]
     if args.quick:
-        spec2d = spec2d.resized("hagen2d-12", (12, 1024, 1024))
+        spec2d = spec2d.resized("ref2d-12", (12, 1024, 1024))
     payload = {"threads": threads, "volumes": {}}
     rows = []
     care_in = None

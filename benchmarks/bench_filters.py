@@ -38,7 +38,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import _harness as H  # noqa: E402
-from data import hagen_slices  # noqa: E402
+from data import reference_slices  # noqa: E402
 
 PS = (64, 64)
 MASK_RULE = 300.0  # the driver's default mask rule: reference channel > 300
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = H.set_threads(args.threads)
     n = 2 if args.quick else args.slices
     t0 = time.perf_counter()
-    stack = np.stack(list(hagen_slices(n)))
+    stack = np.stack(list(reference_slices(n)))
     logging.info("generated %d slices in %.1f s", n, time.perf_counter() - t0)
     variants = {"float": stack, "int": np.rint(stack)}
     payload: dict[str, Any] = {"slices": n, "patch_size": list(PS), "threads": threads,

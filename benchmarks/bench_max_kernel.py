@@ -10,7 +10,7 @@ Data (``benchmarks/data.py`` cache):
 - ``large-2g`` (64x4096x4096 uint16, chunks 32x256x256), patch 16x64x64, coverage 0.125: region
   blocks of 2x4x4 regions = slabs of 48x320x320 pixels (the last z block is 32 pixels deep,
   zero-padded by the kernel), at a few positions;
-- ``hagen2d`` (79x1024x1024 float32, chunks 1x512x512), patch 64x64, coverage 0.25: region blocks
+- ``ref2d`` (79x1024x1024 float32, chunks 1x512x512), patch 64x64, coverage 0.25: region blocks
   of 8x8 regions = slabs of 1x576x576 pixels of a few slices; also the same slabs rounded to
   integers (float32 integer-valued data take the 16-bit key path).
 
@@ -79,7 +79,7 @@ def _blocks_3d(arr: Any, nblocks: int) -> list[tuple[np.ndarray, tuple[int, ...]
 
 
 def _blocks_2d(arr: Any, nblocks: int) -> list[tuple[np.ndarray, tuple[int, ...], tuple]]:
-    """(slab, n, chunk selection) of region blocks of hagen2d (patch 64x64)."""
+    """(slab, n, chunk selection) of region blocks of ref2d (patch 64x64)."""
     out = []
     for i in range(nblocks):
         s = 7 * i % arr.shape[0]
@@ -92,7 +92,7 @@ def _blocks_2d(arr: Any, nblocks: int) -> list[tuple[np.ndarray, tuple[int, ...]
 
 
 def _blocks_2d_int(arr: Any, nblocks: int) -> list[tuple[np.ndarray, tuple[int, ...], tuple]]:
-    """The hagen2d blocks rounded to integers (still float32): the 16-bit key path."""
+    """The ref2d blocks rounded to integers (still float32): the 16-bit key path."""
     return [(np.rint(b), n, sel) for b, n, sel in _blocks_2d(arr, nblocks)]
 
 
@@ -127,8 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         old = _load_rev(args.compare, Path(tmp.name))
     cases = {
         "large-2g 3D uint16 16x64x64 cov 0.125": ("large-2g", _blocks_3d, (16, 64, 64), 0.125),
-        "hagen2d 2D float32 64x64 cov 0.25": ("hagen2d", _blocks_2d, (64, 64), 0.25),
-        "hagen2d rounded (integer-valued float32) 2D": ("hagen2d", _blocks_2d_int, (64, 64),
+        "ref2d 2D float32 64x64 cov 0.25": ("ref2d", _blocks_2d, (64, 64), 0.25),
+        "ref2d rounded (integer-valued float32) 2D": ("ref2d", _blocks_2d_int, (64, 64),
                                                         0.25),
     }
     rows, results = [], {}

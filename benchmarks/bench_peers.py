@@ -127,9 +127,9 @@ def main() -> None:
     t0 = time.perf_counter()
     # default: one epoch of the patchsieve plan in 2D (every pixel about once: the unit a
     # training run repeats), two epochs in 3D (one is only 256 patches)
-    n2 = args.n2 or (512 if args.quick else epoch_length("hagen2d", cfg2, (64, 64), args))
+    n2 = args.n2 or (512 if args.quick else epoch_length("ref2d", cfg2, (64, 64), args))
     n3 = args.n3 or (128 if args.quick else 2 * epoch_length("vol3d", cfg3, (16, 64, 64), args))
-    rows = bench("2D 64^2 (hagen2d)", "hagen2d", cfg2, (64, 64), "SYX", None, None, n2, ">=10",
+    rows = bench("2D 64^2 (ref2d)", "ref2d", cfg2, (64, 64), "SYX", None, None, n2, ">=10",
                  args)
     rows += bench("3D 16x64x64 (vol3d)", "vol3d", cfg3, (16, 64, 64), "CZYX", 1, None, n3, ">=2",
                   args)

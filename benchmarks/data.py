@@ -1,11 +1,11 @@
-"""Shared benchmark data cache: generate once, reuse (no patchsieve import needed).
+"""Shared benchmark data cache: generate once, reuse.
 
 Datasets (``SPECS``; sizes are uncompressed):
 
 ==============  ====================  ========  =====  ===========================================
 name            shape                 dtype     axes   notes
 ==============  ====================  ========  =====  ===========================================
-``hagen2d``     79x1024x1024          float32   syx    the Hagen-like demo stack, 331 MB;
+``ref2d``       79x1024x1024          float32   syx    the CAREamics reference stack, 331 MB;
                                                        OME-Zarr chunks (1,512,512) + ``.npy``
 ``vol3d``       2x64x512x512          uint16    czyx   two channels, ref channel 1 denser, 67 MB;
                                                        OME-Zarr chunks (1,32,256,256) + ``.npy``
@@ -19,7 +19,8 @@ OME-Zarr is written with zarr 3 (NGFF 0.5, one level ``s0``, the zarr default co
 ``ome_zarr.writer.write_multiscales_metadata``; the sample axis ``s`` is a custom-type axis.
 Large volumes are generated chunk by chunk (bounded memory, deterministic per chunk, threads).
 The 2D stack is bit-identical to ``hagen_like_2d.npy`` from ``shared/careamics_reference/
-make_data.py`` (same generator, rng seed 0), whose structure functions are copied here.
+make_data.py`` (same generator, rng seed 0). The generators are those of :mod:`patchsieve.demo`
+(``reference_slices``, ``two_channel_volume``, ``BlobField``); this module only caches.
 
 Cache: ``.bench-cache/`` in the repository root (``PATCHSIEVE_BENCH_CACHE`` overrides). Each
 dataset is built in a temporary folder and renamed into place with a ``stamp.json`` holding the
@@ -28,7 +29,7 @@ generator version, so an interrupted build is never reused. Free disk is checked
 CLI::
 
     python benchmarks/data.py list                 # what is cached, sizes, free disk
-    python benchmarks/data.py make hagen2d vol3d   # generate (no-op when cached)
+    python benchmarks/data.py make ref2d vol3d   # generate (no-op when cached)
     python benchmarks/data.py make large-ram --workers 1   # (alias: ensure) fewer threads
     python benchmarks/data.py delete large-16g     # or: delete --all
 
@@ -56,7 +57,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 log = logging.getLogger("patchsieve.benchmarks.data")
 
@@ -68,113 +68,17 @@ DEFAULT_CACHE = REPO_ROOT / ".bench-cache"
 EST_COMPRESSION = 1.5
 DISK_MARGIN_BYTES = 1 << 30
 
-# ----------------------------------------------------------------------------- generator
-# structure_field / noisy / make_2d_stack: copied from shared/careamics_reference/make_data.py
-# (the CAREamics anchoring data of this project); kept identical so that ``hagen2d`` equals
-# hagen_like_2d.npy bit for bit. Background ~ Poisson(100) + N(0, 5); bright blobby structures
-# cover ~25% of the area.
-BG = 100.0
-AMP = 900.0
-READ_SIGMA = 5.0
-FRAC = 0.25
-
-
-def structure_field(rng: np.random.Generator, shape: tuple[int, ...], lowres: tuple[int, ...],
-                    frac: float = FRAC, sigma: float = 2.0) -> np.ndarray:
-    """Smooth random field in [0, 1]; about ``frac`` of the voxels are > 0 (from make_data.py)."""
-    small_shape = tuple(s // f for s, f in zip(shape, lowres, strict=False))
-    small = rng.standard_normal(small_shape)
-    small = ndi.gaussian_filter(small, sigma, mode="wrap")
-    field = ndi.zoom(small, lowres, order=1, mode="grid-wrap", grid_mode=True)
-    field = field[tuple(slice(0, s) for s in shape)]
-    thr = np.quantile(field, 1.0 - frac)
-    s = np.clip(field - thr, 0, None)
-    s /= s.max()
-    return np.sqrt(s)  # blobby plateaus with soft edges
-
-
-def noisy(rng: np.random.Generator, clean: np.ndarray) -> np.ndarray:
-    """Poisson shot noise plus Gaussian read noise, float32 (from make_data.py)."""
-    out = rng.poisson(clean).astype(np.float32)
-    out += rng.normal(0.0, READ_SIGMA, size=clean.shape).astype(np.float32)
-    return out
-
-
-def hagen_slices(n: int = 79, yx: tuple[int, int] = (1024, 1024),
-                 seed: int = 0) -> Iterator[np.ndarray]:
-    """Yield the slices of make_data.py's ``make_2d_stack`` one by one (same rng sequence)."""
-    rng = np.random.default_rng(seed)
-    for _ in range(n):
-        s = structure_field(rng, yx, (16, 16))
-        yield noisy(rng, BG + AMP * s)
-
-
-def make_two_channel(shape_czyx: tuple[int, ...], seed: int = 1) -> np.ndarray:
-    """Two-channel uint16 CZYX volume; channel 1 (the reference) is the denser one.
-
-    Channel 0 has ~12% foreground, channel 1 ~35% (partly overlapping channel 0's structures).
-    """
-    c, *zyx = shape_czyx
-    if c != 2:
-        raise ValueError(f"shape {shape_czyx} must have 2 channels first (C,Z,Y,X)")
-    zyx = tuple(zyx)
-    rng = np.random.default_rng(seed)
-    lowres = tuple(max(1, min(f, s)) for f, s in zip((4, 16, 16), zyx, strict=True))
-    padded = tuple(-(-s // f) * f for s, f in zip(zyx, lowres, strict=True))  # multiples
-    crop = tuple(slice(0, s) for s in zyx)
-    s0 = structure_field(rng, padded, lowres, frac=0.12, sigma=1.5)[crop]
-    s1 = structure_field(rng, padded, lowres, frac=0.35, sigma=1.5)[crop]
-    s1 = np.maximum(s1, 0.6 * s0)
-    out = np.empty((2, *zyx), np.uint16)
-    for ch, (s, amp) in enumerate(((s0, AMP), (s1, 0.7 * AMP))):
-        out[ch] = np.clip(np.rint(noisy(rng, BG + amp * s)), 0, 65535)
-    return out
-
-
-class _LargeField:
-    """Global low-resolution structure field, linearly interpolated per chunk (seamless)."""
-
-    def __init__(self, shape: tuple[int, ...], seed: int, lowres: tuple[int, ...] = (4, 16, 16),
-                 frac: float = FRAC) -> None:
-        lowres = tuple(lowres[-len(shape):]) if len(shape) <= len(lowres) else \
-            (1,) * (len(shape) - len(lowres)) + tuple(lowres)
-        self.lowres = tuple(max(1, min(f, s)) for f, s in zip(lowres, shape, strict=False))
-        small_shape = tuple(math.ceil(s / f) + 1 for s, f in zip(shape, self.lowres, strict=False))
-        rng = np.random.default_rng([seed, 0])
-        small = ndi.gaussian_filter(rng.standard_normal(small_shape), 1.5, mode="wrap")
-        thr = np.quantile(small, 1.0 - frac)
-        s = np.clip(small - thr, 0, None)
-        s /= max(float(s.max()), 1e-12)
-        self.small = np.sqrt(s).astype(np.float32)
-
-    def block(self, start: tuple[int, ...], stop: tuple[int, ...]) -> np.ndarray:
-        """The field over ``[start, stop)`` at full resolution (separable linear interpolation)."""
-        out = self.small
-        lo = [int(a // f) for a, f in zip(start, self.lowres, strict=False)]
-        hi = [int((b - 1) // f) + 2 for b, f in zip(stop, self.lowres, strict=False)]
-        out = out[tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))]
-        for ax, (a, b, f, l0) in enumerate(zip(start, stop, self.lowres, lo, strict=False)):
-            pos = np.arange(a, b, dtype=np.float64) / f - l0
-            i0 = np.floor(pos).astype(np.intp)
-            w = (pos - i0).astype(np.float32)
-            shp = [1] * out.ndim
-            shp[ax] = -1
-            w = w.reshape(shp)
-            out = np.take(out, i0, axis=ax) * (1 - w) + np.take(out, i0 + 1, axis=ax) * w
-        return out
-
-
-def _large_chunk(field: _LargeField, seed: int, index: int, start: tuple[int, ...],
-                 stop: tuple[int, ...]) -> np.ndarray:
-    rng = np.random.default_rng([seed, 1, index])
-    clean = BG + AMP * field.block(start, stop)
-    # Poisson(clean) + N(0, READ_SIGMA) approximated by one Gaussian draw of the same variance
-    noise = rng.standard_normal(clean.shape, dtype=np.float32)
-    noise *= np.sqrt(clean + READ_SIGMA**2)
-    clean += noise
-    np.rint(clean, out=clean)
-    np.clip(clean, 0, 65535, out=clean)
-    return clean.astype(np.uint16)
+# ----------------------------------------------------------------------------- generators
+# The generators live in the package (patchsieve.demo, shared with the demo data):
+# ``reference_slices`` is bit for bit shared/careamics_reference/make_data.py's hagen_like_2d
+# generator, ``two_channel_volume`` the 3D two-channel volume, ``BlobField``/``blob_chunk`` the
+# large volumes generated chunk by chunk.
+from patchsieve.demo import (  # noqa: E402
+    BlobField,
+    blob_chunk,
+    reference_slices,
+    two_channel_volume,
+)
 
 
 # ----------------------------------------------------------------------------- specs
@@ -186,7 +90,7 @@ class Spec:
     ----------
     name : str
         Cache folder name.
-    kind : {"hagen2d", "vol3d", "large"}
+    kind : {"ref2d", "vol3d", "large"}
         Generator.
     shape, chunks : tuple of int
         Array and Zarr chunk shapes.
@@ -236,8 +140,8 @@ class Spec:
 
 
 SPECS: dict[str, Spec] = {s.name: s for s in (
-    Spec("hagen2d", "hagen2d", (79, 1024, 1024), (1, 512, 512), "float32", "syx", True, 0,
-         None, "Hagen-like 2D stack 79x1024x1024 float32 (make_data.py, seed 0)"),
+    Spec("ref2d", "ref2d", (79, 1024, 1024), (1, 512, 512), "float32", "syx", True, 0,
+         None, "CAREamics reference 2D stack 79x1024x1024 float32 (make_data.py, seed 0)"),
     Spec("vol3d", "vol3d", (2, 64, 512, 512), (1, 32, 256, 256), "uint16", "czyx", True, 1, 1,
          "3D two-channel 2x64x512x512 uint16, ref channel 1 denser"),
     Spec("large-2g", "large", (64, 4096, 4096), (32, 256, 256), "uint16", "zyx", False, 2,
@@ -569,12 +473,12 @@ def _create_ome_zarr(path: Path, spec: Spec):
     return arr
 
 
-def _gen_hagen2d(spec: Spec, out: Path, workers: int) -> None:
+def _gen_ref2d(spec: Spec, out: Path, workers: int) -> None:
     n, *yx = spec.shape
     arr = _create_ome_zarr(out / "data.ome.zarr", spec)
     npy = np.lib.format.open_memmap(out / "data.npy", mode="w+", dtype=np.float32,
                                     shape=spec.shape)
-    for i, sl in enumerate(hagen_slices(n, tuple(yx), spec.seed)):
+    for i, sl in enumerate(reference_slices(n, tuple(yx), spec.seed)):
         npy[i] = sl
         arr[i] = sl
     npy.flush()
@@ -582,7 +486,7 @@ def _gen_hagen2d(spec: Spec, out: Path, workers: int) -> None:
 
 
 def _gen_vol3d(spec: Spec, out: Path, workers: int) -> None:
-    vol = make_two_channel(spec.shape, spec.seed)
+    vol = two_channel_volume(spec.shape, spec.seed)
     np.save(out / "data.npy", vol)
     arr = _create_ome_zarr(out / "data.ome.zarr", spec)
     arr[...] = vol
@@ -598,13 +502,13 @@ def _chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[t
 
 def _gen_large(spec: Spec, out: Path, workers: int) -> None:
     arr = _create_ome_zarr(out / "data.ome.zarr", spec)
-    field = _LargeField(spec.shape, spec.seed)
+    field = BlobField(spec.shape, spec.seed)
     nchunks = math.prod(math.ceil(s / c) for s, c in zip(spec.shape, spec.chunks, strict=False))
     t0 = time.perf_counter()
 
     def one(item: tuple[int, tuple]) -> None:
         i, (start, stop) = item
-        block = _large_chunk(field, spec.seed, i, start, stop)
+        block = blob_chunk(field, spec.seed, i, start, stop)
         arr[tuple(slice(a, b) for a, b in zip(start, stop, strict=False))] = block
 
     items = enumerate(_chunk_slices(spec.shape, spec.chunks))
@@ -625,7 +529,7 @@ def _gen_large(spec: Spec, out: Path, workers: int) -> None:
             f.result()
 
 
-_GENERATORS = {"hagen2d": _gen_hagen2d, "vol3d": _gen_vol3d, "large": _gen_large}
+_GENERATORS = {"ref2d": _gen_ref2d, "vol3d": _gen_vol3d, "large": _gen_large}
 
 
 # ----------------------------------------------------------------------------- CLI

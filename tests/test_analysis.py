@@ -13,9 +13,9 @@ import pytest
 matplotlib.use("Agg")
 
 from patchsieve import analysis as ins  # noqa: E402
+from patchsieve import compute  # noqa: E402
 from patchsieve.analysis import figures as _figures  # noqa: E402
 from patchsieve.analysis._common import _candidate_thresholds  # noqa: E402
-from patchsieve import compute  # noqa: E402
 from patchsieve.config import (  # noqa: E402
     MaxPatchFilterConfig,
     MeanStdPatchFilterConfig,

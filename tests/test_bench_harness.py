@@ -160,12 +160,12 @@ def test_run_venv_driver_parses_json_and_reports_failures(tmp_path, capsys):
 # ----------------------------------------------------------------------------- data cache
 def tiny(kind: str) -> D.Spec:
     sizes = {"large-2g": ((20, 70, 90), (8, 32, 32)), "vol3d": ((2, 8, 40, 40), (1, 4, 32, 32)),
-             "hagen2d": ((2, 64, 64), (1, 32, 32))}
+             "ref2d": ((2, 64, 64), (1, 32, 32))}
     shape, chunks = sizes[kind]
     return D.SPECS[kind].resized(f"tiny-{kind}", shape, chunks)
 
 
-@pytest.mark.parametrize("kind", ["large-2g", "vol3d", "hagen2d"])
+@pytest.mark.parametrize("kind", ["large-2g", "vol3d", "ref2d"])
 def test_ensure_writes_readable_ome_zarr_and_reuses_it(tmp_path, kind):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
@@ -194,7 +194,7 @@ def test_large_generation_is_deterministic_and_chunk_order_free(tmp_path):
     assert np.array_equal(a, b)
     fg = (a > 300).mean()
     assert 0.05 < fg < 0.6  # blobby foreground on a Poisson-like background
-    assert abs(float(np.median(a[a < 150])) - D.BG) < 10
+    assert abs(float(np.median(a[a < 150])) - 100.0) < 10  # Poisson(100) background
 
 
 def test_concurrent_ensure_generates_once(tmp_path, monkeypatch):
@@ -224,7 +224,7 @@ def test_stale_stamp_triggers_regeneration(tmp_path):
     assert D.cached(spec, tmp_path) is not None and ds2.open_zarr().shape == spec.shape
 
 
-def test_hagen_slices_match_shared_make_data():
+def test_reference_slices_match_shared_make_data():
     if not (SHARED_REF / "make_data.py").exists():
         pytest.skip(f"{SHARED_REF} is absent (sdist build)")
     sys.path.insert(0, str(SHARED_REF))
@@ -233,12 +233,12 @@ def test_hagen_slices_match_shared_make_data():
     finally:
         sys.path.remove(str(SHARED_REF))
     ref = make_data.make_2d_stack(np.random.default_rng(0), n=2, yx=(64, 64))
-    ours = np.stack(list(D.hagen_slices(2, (64, 64), seed=0)))
+    ours = np.stack(list(D.reference_slices(2, (64, 64), seed=0)))
     assert np.array_equal(ref, ours)
 
 
 def test_vol3d_reference_channel_is_denser():
-    vol = D.make_two_channel((2, 8, 64, 64), seed=1)
+    vol = D.two_channel_volume((2, 8, 64, 64), seed=1)
     assert vol.dtype == np.uint16
     assert (vol[1] > 300).mean() > 1.5 * (vol[0] > 300).mean()
 
@@ -254,8 +254,8 @@ def test_insufficient_disk_is_reported_before_writing(tmp_path, monkeypatch):
 def test_delete_and_list_and_env_override(tmp_path, monkeypatch):
     monkeypatch.setenv("PATCHSIEVE_BENCH_CACHE", str(tmp_path))
     assert D.cache_dir() == tmp_path
-    D.ensure(tiny("hagen2d"))
-    assert D.delete("tiny-hagen2d") == ["tiny-hagen2d"]
+    D.ensure(tiny("ref2d"))
+    assert D.delete("tiny-ref2d") == ["tiny-ref2d"]
     assert D.delete() == []
     rows = D.list_cache()
     assert {r["name"] for r in rows} == set(D.SPECS) and not any(r["cached"] for r in rows)
@@ -315,7 +315,7 @@ def test_run_all_summary_only_cli(tmp_path):
 
 
 def test_derived_npy_slices_and_rounds(tmp_path):
-    ds = D.ensure(tiny("hagen2d"), tmp_path)
+    ds = D.ensure(tiny("ref2d"), tmp_path)
     p1 = ds.derived_npy(1)
     p2 = ds.derived_npy(2, "uint16")
     full = ds.load_npy()

@@ -14,10 +14,10 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, default_collate
 
-from patchsieve.dataset._chunks import _ChunkReader, _future_uses, _RawChunks
 from patchsieve.compute import compute
 from patchsieve.config import MaxPatchFilterConfig
 from patchsieve.dataset import PatchDataset
+from patchsieve.dataset._chunks import _ChunkReader, _future_uses, _RawChunks
 from patchsieve.demo import write_ome_zarr
 from patchsieve.errors import ConfigError
 from patchsieve.transforms import RandomFlipRotate

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,50 +51,57 @@ def _private_parts(dotted: str) -> list[str]:
     return [p for p in dotted.split(".") if p.startswith("_") and not p.startswith("__")]
 
 
+def _import_violations(node: ast.AST, module: str, foreign: Any,
+                       aliases: dict[str, str]) -> list[str]:
+    """Private modules or names of other units in one import statement or import_module call."""
+    out: list[str] = []
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+            and node.module.split(".")[0] == "patchsieve":
+        target = node.module
+        if _private_parts(target) and foreign(target):
+            out.append(f"{module}: imports private module {target}")
+        for a in node.names:
+            if a.name.startswith("_") and not a.name.startswith("__") and foreign(target):
+                out.append(f"{module}: imports private name {target}.{a.name}")
+            aliases[a.asname or a.name] = f"{target}.{a.name}"
+    elif isinstance(node, ast.Import):
+        for a in node.names:
+            if a.name.split(".")[0] != "patchsieve":
+                continue
+            if _private_parts(a.name) and foreign(a.name):
+                out.append(f"{module}: imports private module {a.name}")
+            if a.asname:
+                aliases[a.asname] = a.name
+    elif isinstance(node, ast.Call) and _called_name(node) == "import_module" and node.args \
+            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str) \
+            and node.args[0].value.startswith("patchsieve"):
+        target = node.args[0].value
+        if _private_parts(target) and foreign(target):
+            out.append(f"{module}: import_module of private module {target}")
+    return out
+
+
+def _called_name(node: ast.Call) -> str:
+    return str(getattr(node.func, "attr", getattr(node.func, "id", "")))
+
+
 def violations(source: str, module: str, is_package: bool = False) -> list[str]:
     """Private names of other units that ``source`` (module ``module``) uses."""
     here = _owner(module, is_package)
     tree = ast.parse(source)
     out: list[str] = []
-    aliases: dict[str, str] = {}  # local name -> patchsieve module it refers to
+    aliases: dict[str, str] = {}  # local name -> patchsieve module or name it refers to
 
     def foreign(target: str) -> bool:
-        unit = _unit_of_target(target)
-        return unit != here and not (unit == "patchsieve" and target == "patchsieve._version")
+        return _unit_of_target(target) != here and target != "patchsieve._version"
 
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] == "patchsieve":
-            target = node.module
-            if _private_parts(target) and foreign(target):
-                out.append(f"{module}: imports private module {target}")
-            for a in node.names:
-                sub = f"{target}.{a.name}"
-                if a.name.startswith("_") and not a.name.startswith("__") and foreign(target):
-                    out.append(f"{module}: imports private name {target}.{a.name}")
-                aliases[a.asname or a.name] = sub
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.split(".")[0] != "patchsieve":
-                    continue
-                if _private_parts(a.name) and foreign(a.name):
-                    out.append(f"{module}: imports private module {a.name}")
-                if a.asname:
-                    aliases[a.asname] = a.name
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) \
-                == "import_module" and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str) \
-                and node.args[0].value.startswith("patchsieve"):
-            target = node.args[0].value
-            if _private_parts(target) and foreign(target):
-                out.append(f"{module}: import_module of private module {target}")
+        out += _import_violations(node, module, foreign, aliases)
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
                 and node.value.id in aliases and node.attr.startswith("_") \
-                and not node.attr.startswith("__"):
-            target = aliases[node.value.id]
-            if foreign(target):
-                out.append(f"{module}: uses {target}.{node.attr}")
+                and not node.attr.startswith("__") and foreign(aliases[node.value.id]):
+            out.append(f"{module}: uses {aliases[node.value.id]}.{node.attr}")
     return out
 
 

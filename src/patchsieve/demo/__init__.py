@@ -19,8 +19,9 @@ Datasets (``kind``)
 
 The generators (``_fields``) are shared with the benchmarks (``benchmarks/data.py``), which also
 use the CAREamics reference stack :func:`reference_slices` and the large-volume generator
-:class:`BlobField`. Every block is generated from its own seeded :class:`numpy.random.Generator`, so the output is
-deterministic and the full-size data never sits in memory at once. Sample stacks use the
+:class:`BlobField`. Every block is generated from its own seeded
+:class:`numpy.random.Generator`, so the output is deterministic and the full-size data never sits
+in memory at once. Sample stacks use the
 ``{"name": "s", "type": "custom"}`` NGFF axis (see :mod:`patchsieve.volume`).
 """
 

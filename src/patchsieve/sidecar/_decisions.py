@@ -26,7 +26,6 @@ from patchsieve.sidecar._format import (
 )
 
 
-
 class _Writes(Protocol):
     """What the decision step needs of a side-car writer (:class:`SidecarWriter` has it)."""
 

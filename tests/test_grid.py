@@ -130,3 +130,39 @@ def test_region_chunks(chunks, p, n, expected):
 def test_grid_patch_not_a_sequence(bad):
     with pytest.raises(ConfigError, match="patch_size must be a sequence"):
         RegionGrid((64, 64), bad)
+
+
+# --------------------------------------------------------------------------- VolumeGeometry
+def _vol(shape: dict[str, int], **attrs: object) -> object:
+    import types
+
+    return types.SimpleNamespace(dims=tuple(shape), sizes=shape, attrs=attrs)
+
+
+def test_volume_geometry_from_a_named_volume() -> None:
+    from patchsieve.grid import VolumeGeometry
+
+    g = VolumeGeometry.from_volume(
+        _vol({"s": 3, "c": 2, "z": 20, "y": 300, "x": 200}, scale={"z": 2.0}, level=1),
+        (8, 64, 64), ref_channel=1)
+    assert (g.sample_dims, g.sample_shape, g.spatial_dims) == (("s",), (3,), ("z", "y", "x"))
+    assert g.grid_shape == (2, 4, 3) and g.cell_shape == (3, 5, 4) and g.n_samples == 3
+    assert g.region_shape == (3, 2, 4, 3) and g.n_channels == 2 and g.ref_channel == 1
+    assert g.scale == (2.0, 1.0, 1.0) and g.level == 1 and g.patch_by_dim["y"] == 64
+    counts = g.cell_counts()
+    assert counts.shape == g.cell_shape and counts.sum() == 20 * 300 * 200
+    assert g.grid.grid_shape == g.grid_shape
+
+
+@pytest.mark.parametrize(("shape", "patch", "ref", "match"), [
+    ({"y": 32, "x": 32}, (64, 64), 0, "larger than the volume"),
+    ({"y": 64, "x": 64}, (16, 16), 1, "no channel axis"),
+    ({"c": 2, "y": 64, "x": 64}, (16, 16), 2, "out of range"),
+    ({"y": 64, "x": 64}, (16,), 0, "one entry per spatial dim"),
+])
+def test_volume_geometry_errors(shape: dict[str, int], patch: tuple[int, ...], ref: int,
+                                match: str) -> None:
+    from patchsieve.grid import VolumeGeometry
+
+    with pytest.raises(ConfigError, match=match):
+        VolumeGeometry.from_volume(_vol(shape), patch, ref_channel=ref)

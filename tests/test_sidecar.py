@@ -1,4 +1,7 @@
-"""Two writers on one side-car: the second is refused while the first lives; stale locks are taken.
+"""The side-car package: its write lock (the main part: two writers on one side-car), its reader
+API and its writer.
+
+Lock: the second writer is refused while the first lives; stale locks are taken.
 
 patchsieve's choice (documented in ``docs/sidecar-format.md`` and ``docs/errors.md``): one compute
 per output. ``patchsieve.lock`` in the side-car root holds the writer's host, pid and heartbeat; a
@@ -220,3 +223,109 @@ def test_fresh_output_refuses_a_second_writer_mid_run(tmp_path: Path, client: An
         owner.signal(signal.SIGCONT)
     assert owner.finish() == 0
     assert open_sidecar(out).is_complete
+
+
+# --------------------------------------------------------------------------- reader and writer
+@pytest.fixture(scope="module")
+def small_sidecar(tmp_path_factory: pytest.TempPathFactory, client: Any) -> Any:
+    from patchsieve import compute
+    from patchsieve.config import MeanStdPatchFilterConfig
+
+    root = tmp_path_factory.mktemp("sc")
+    src = write_source(root / "src.zarr", chunk=32)
+    return compute(src, {"shannon": shannon(), "ms": MeanStdPatchFilterConfig(mean_threshold=30)},
+                   PATCH, str(root / "src.patchsieve.zarr"), client=client)
+
+
+def test_geometry_is_one_frozen_object_round_tripped_through_the_attrs(small_sidecar: Any) -> None:
+    from patchsieve.grid import VolumeGeometry
+
+    g = small_sidecar.geometry
+    assert isinstance(g, VolumeGeometry)
+    assert VolumeGeometry.from_attrs(g.to_attrs(), small_sidecar.attrs["source"]) == g
+    assert g.to_attrs() == small_sidecar.attrs["geometry"]
+    assert (g.sample_shape, g.spatial_shape, g.patch_size) == ((8,), (128, 128), PATCH)
+    assert g.grid_shape == small_sidecar.grid_shape == (8, 8)
+    assert g.region_shape == (8, 8, 8) and g.cell_shape == (8, 8)
+    with pytest.raises(AttributeError):
+        g.patch_size = (8, 8)  # type: ignore[misc]
+
+
+def test_resolve_filter_by_name_config_or_the_only_one(small_sidecar: Any) -> None:
+    from patchsieve.errors import ConfigError, SidecarMismatchError
+
+    sc = small_sidecar
+    assert sc.resolve_filter("ms") == "ms"
+    assert sc.resolve_filter(config=shannon()) == "shannon"
+    with pytest.raises(ConfigError, match="has filters"):
+        sc.resolve_filter()
+    with pytest.raises(ConfigError, match="not in side-car"):
+        sc.resolve_filter("nope")
+    from patchsieve.config import ShannonPatchFilterConfig
+
+    with pytest.raises(SidecarMismatchError, match="is not in side-car"):
+        sc.resolve_filter(config=ShannonPatchFilterConfig(threshold=9.0))
+
+
+def test_require_patch_size_and_progress(small_sidecar: Any) -> None:
+    from patchsieve.errors import SidecarMismatchError
+
+    small_sidecar.require_patch_size(PATCH)
+    small_sidecar.require_patch_size(None)
+    with pytest.raises(SidecarMismatchError, match="differs from the side-car"):
+        small_sidecar.require_patch_size((32, 32))
+    progress = small_sidecar.progress()
+    assert progress and all(v["done"] == v["total"] > 0 for v in progress.values())
+
+
+def test_is_sidecar(small_sidecar: Any, tmp_path: Path) -> None:
+    from patchsieve.sidecar import is_sidecar
+
+    assert is_sidecar(small_sidecar.path)
+    assert not is_sidecar(write_source(tmp_path / "plain.zarr"))
+    assert not is_sidecar(tmp_path / "missing")
+
+
+def test_writer_takes_the_lock_and_change_filter_rewrites_decisions(
+        tmp_path: Path, client: Any) -> None:
+    from patchsieve import compute, open_sidecar
+    from patchsieve.config import ShannonPatchFilterConfig
+    from patchsieve.errors import SidecarLockedError
+    from patchsieve.sidecar import LOCK_NAME, SidecarWriter
+
+    src = write_source(tmp_path / "src.zarr", chunk=32)
+    out = str(tmp_path / "a.patchsieve.zarr")
+    compute(src, shannon(), PATCH, out, client=client)
+    new = ShannonPatchFilterConfig(threshold=6.0)
+    with SidecarWriter(out) as writer:
+        assert (tmp_path / "a.patchsieve.zarr" / LOCK_NAME).exists()
+        with pytest.raises(SidecarLockedError, match="locked by another running compute"):
+            SidecarWriter(out).__enter__()
+        writer.change_filter("shannon", new)
+    assert not (tmp_path / "a.patchsieve.zarr" / LOCK_NAME).exists()
+    fresh = compute(src, new, PATCH, str(tmp_path / "b.patchsieve.zarr"), client=client)
+    changed = open_sidecar(out)
+    np.testing.assert_array_equal(changed.filter_out("shannon"), fresh.filter_out("shannon"))
+    np.testing.assert_array_equal(changed.weights("shannon"), fresh.weights("shannon"))
+    assert changed.config("shannon") == new and changed.is_complete
+
+
+def test_block_log_writes_values_before_markers(tmp_path: Path) -> None:
+    import zarr
+
+    from patchsieve.sidecar import SidecarLock, block_slices
+
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=3)
+    values = g.create_array("v", shape=(4, 6), chunks=(2, 3), dtype="float64", fill_value=np.nan)
+    marker = g.create_array("m", shape=(2, 2), chunks=(2, 2), dtype="uint8", fill_value=0)
+    from patchsieve.sidecar import BlockLog
+
+    log = BlockLog({"v": values}, marker, SidecarLock(g.store))
+    assert log.todo() == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    log.put((1, 0), block_slices((1, 0), (2, 3), (4, 6)), {"v": np.ones((2, 3))})
+    assert int(np.asarray(marker[...]).sum()) == 0  # buffered, nothing marked yet
+    log.flush()
+    assert np.asarray(marker[...]).tolist() == [[0, 0], [1, 0]]
+    assert np.all(np.asarray(values[2:4, 0:3]) == 1) and np.isnan(np.asarray(values[0, 0]))
+    assert BlockLog({"v": values}, marker, SidecarLock(g.store)).todo() == [(0, 0), (0, 1), (1, 1)]
+

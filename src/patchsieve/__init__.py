@@ -21,22 +21,9 @@ from typing import Any
 # ``patchsieve.compute`` is the function; ``patchsieve/compute.py`` (an alias of the earlier module
 # path) is imported first so that importing it later cannot rebind the name to the module.
 import patchsieve.compute  # noqa: E402, F811 - the alias module, see above
+from patchsieve import errors as _errors
 from patchsieve._version import __version__
-from patchsieve.errors import (
-    AxesError,
-    ClusterError,
-    ConfigError,
-    DataError,
-    PatchsieveError,
-    PatchsieveWarning,
-    SidecarError,
-    SidecarIncompleteError,
-    SidecarLockedError,
-    SidecarMismatchError,
-    StorageError,
-    VolumeError,
-    VolumeNotFoundError,
-)
+from patchsieve.errors import *  # noqa: F403 - the exception hierarchy, listed in errors.__all__
 from patchsieve.filterpass import compute  # noqa: E402
 
 #: public name -> module that defines it (imported on first access)
@@ -84,19 +71,7 @@ _LAZY = {
 
 __all__ = sorted(
     [
-        "AxesError",
-        "ClusterError",
-        "ConfigError",
-        "DataError",
-        "PatchsieveError",
-        "PatchsieveWarning",
-        "SidecarError",
-        "SidecarIncompleteError",
-        "SidecarLockedError",
-        "SidecarMismatchError",
-        "StorageError",
-        "VolumeError",
-        "VolumeNotFoundError",
+        *(name for name in _errors.__all__ if name != "PatchsieveDeprecationWarning"),
         "__version__",
         "compute",
         *_LAZY,

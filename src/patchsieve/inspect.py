@@ -11,28 +11,10 @@ import importlib
 import warnings
 from typing import Any
 
+from patchsieve.analysis import __all__ as _ANALYSIS_NAMES
 from patchsieve.errors import PatchsieveDeprecationWarning
 
-__all__ = [
-    "RegionGridGeometry",
-    "ThresholdSuggestion",
-    "apply_threshold",
-    "decisions_at",
-    "decisions_at_level0",
-    "find_level_sidecars",
-    "level0_geometry",
-    "level_agreement",
-    "level_patch_size",
-    "plot_filter_maps",
-    "plot_preview",
-    "plot_threshold_histogram",
-    "preview_patches",
-    "region_index_map",
-    "sidecar_nbytes",
-    "suggest_threshold",
-    "summarize",
-    "threshold_field",
-]
+__all__ = ["RegionGridGeometry", *_ANALYSIS_NAMES]
 
 
 def __getattr__(name: str) -> Any:

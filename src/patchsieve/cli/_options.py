@@ -4,7 +4,7 @@ storage options, filter configs from flags, and the one way a command fails."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -12,6 +12,12 @@ from patchsieve.errors import ConfigError
 
 FILTER_CHOICES = ("max", "mean_std", "meanstd", "shannon", "mask")
 SO_HELP = "fsspec options as JSON (credentials, endpoint), never stored."
+
+# options several commands share (typer reads the Annotated metadata)
+StorageOptions = Annotated[Optional[str], typer.Option(help=SO_HELP)]  # noqa: UP007
+EndpointUrl = Annotated[Optional[str], typer.Option(help="S3 endpoint URL.")]  # noqa: UP007
+JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON result.")]
+Dpi = Annotated[int, typer.Option(help="Resolution of the PNG (dots per inch).")]
 
 
 def fail(err: Exception) -> None:

@@ -16,8 +16,15 @@ from typing import Any, Optional
 
 import typer
 
-from patchsieve.cli._options import SO_HELP as _SO_HELP
-from patchsieve.cli._options import build_filter_config, fail, parse_patch
+from patchsieve.cli._options import (
+    Dpi,
+    EndpointUrl,
+    JsonOut,
+    StorageOptions,
+    build_filter_config,
+    fail,
+    parse_patch,
+)
 from patchsieve.cli._options import storage_options as _options
 from patchsieve.errors import ConfigError, PatchsieveError
 
@@ -193,8 +200,8 @@ def inspect_cmd(
     seed: int = typer.Option(0, help="Sampling seed (fixed_subset draws its subset from it)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per filter."),
-    storage_options: Optional[str] = typer.Option(None, help=_SO_HELP),  # noqa: UP007
-    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
+    storage_options: StorageOptions = None,
+    endpoint_url: EndpointUrl = None,
 ) -> None:
     """Summarise a side-car: geometry, filters, kept/background shares, sampling modes, levels."""
     from patchsieve.analysis import summarize
@@ -243,11 +250,11 @@ def plot_cmd(
     ref_channel: int = typer.Option(0, help="Volume only: channel the filters score."),
     axes: Optional[str] = typer.Option(None, help="Axes of a plain Zarr/TIFF, e.g. SYX."),  # noqa: UP007
     level: int = typer.Option(0, help="Volume only: pyramid level."),
-    dpi: int = typer.Option(100, help="Resolution of the PNG (dots per inch)."),
+    dpi: Dpi = 100,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the PNG path."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON result."),
-    storage_options: Optional[str] = typer.Option(None, help=_SO_HELP),  # noqa: UP007
-    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
+    json_out: JsonOut = False,
+    storage_options: StorageOptions = None,
+    endpoint_url: EndpointUrl = None,
 ) -> None:
     """Plot image + filter map + keep mask for every filter (one panel per filter)."""
     from patchsieve.analysis import plot_filter_maps
@@ -307,11 +314,11 @@ def suggest_cmd(
         None, "--output", "-o", help="Histogram PNG (default threshold-<filter>.png)."),
     apply: bool = typer.Option(
         False, "--apply", help="Write the threshold and its decisions into the side-car."),
-    dpi: int = typer.Option(100, help="Resolution of the PNG (dots per inch)."),
+    dpi: Dpi = 100,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the threshold."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON result."),
-    storage_options: Optional[str] = typer.Option(None, help=_SO_HELP),  # noqa: UP007
-    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
+    json_out: JsonOut = False,
+    storage_options: StorageOptions = None,
+    endpoint_url: EndpointUrl = None,
 ) -> None:
     """Suggest a threshold from the stored region statistics (histogram PNG; --apply writes it)."""
     from patchsieve.analysis import apply_threshold, plot_threshold_histogram, suggest_threshold
@@ -359,11 +366,11 @@ def preview_cmd(
     epoch: int = typer.Option(0, help="First epoch drawn."),
     channel: Optional[int] = typer.Option(None, "--channel", "-c", help="Channel shown."),  # noqa: UP007
     filter: Optional[str] = typer.Option(None, "--filter", "-f", help="Filter name."),  # noqa: A002, UP007
-    dpi: int = typer.Option(100, help="Resolution of the PNG (dots per inch)."),
+    dpi: Dpi = 100,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the PNG path."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON result."),
-    storage_options: Optional[str] = typer.Option(None, help=_SO_HELP),  # noqa: UP007
-    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint URL."),  # noqa: UP007
+    json_out: JsonOut = False,
+    storage_options: StorageOptions = None,
+    endpoint_url: EndpointUrl = None,
 ) -> None:
     """Grid of patches as the dataset samples them; background patches framed orange."""
     from patchsieve.analysis import plot_preview, preview_patches

@@ -18,7 +18,7 @@ from patchsieve.sidecar import SUFFIX
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["napari_get_reader", "prefer_patchsieve_reader", "read_or_notify"]
+__all__ = ["napari_get_reader", "napari_layer_data", "prefer_patchsieve_reader", "read_or_notify"]
 
 #: napari reader-preference patterns of a side-car (a folder: napari matches "<path>/")
 READER_PATTERNS = ("*" + SUFFIX, "*" + SUFFIX + os.sep)
@@ -47,7 +47,7 @@ def read_or_notify(path: str | Sequence[str]) -> list[Any]:
     if not isinstance(path, (str, os.PathLike)):
         path = path[0]
     try:
-        layers = read_sidecar(os.fspath(path))
+        layers = napari_layer_data(read_sidecar(os.fspath(path)))
     except PatchsieveError as err:
         from napari.utils.notifications import show_error
 
@@ -74,3 +74,21 @@ def prefer_patchsieve_reader() -> None:
     if missing:
         plugins.extension2reader = {**prefs, **missing}
         logger.info("napari now opens %s with patchsieve", ", ".join(missing))
+
+
+def napari_layer_data(layers: list[Any]) -> list[Any]:
+    """Layer data with napari objects where napari needs them: the Labels colormap (1 = kept,
+    0 transparent) as a two-colour ``CyclicLabelColormap`` (a direct colormap would cost a numba
+    compilation, ~2 s, at the first Labels layer of a session)."""
+    from napari.utils.colormaps import CyclicLabelColormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    out = []
+    for data, kwargs, kind in layers:
+        cmap = kwargs.get("colormap")
+        if kind == "labels" and isinstance(cmap, dict):
+            colours = [transform_color(cmap.get(0, "transparent"))[0],
+                       transform_color(cmap[1])[0]]
+            kwargs = {**kwargs, "colormap": CyclicLabelColormap(colors=colours)}
+        out.append((data, kwargs, kind))
+    return out

@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 
 from patchsieve.napari._histogram import HistogramView
 from patchsieve.napari._live import LiveThreshold, ThresholdState
-from patchsieve.napari._reader import prefer_patchsieve_reader
+from patchsieve.napari._reader import napari_layer_data, prefer_patchsieve_reader
 from patchsieve.napari._scene import SidecarScene
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class ThresholdWidget(QWidget):
         self.fraction.setRange(0.0, 1.0)
         self.fraction.setSingleStep(0.05)
         self.fraction.setValue(0.5)
-        self.fraction.setPrefix("background ")
+        self.fraction.setToolTip("target background share (quantile method)")
         self.suggest_button = QPushButton("Suggest")
         self.suggest_button.clicked.connect(self.suggest)
         for w in (self.method, self.fraction, self.suggest_button):
@@ -462,7 +462,7 @@ class OpenSidecarWidget(QWidget):
 
         def done(scene: SidecarScene) -> None:
             self.layers = []
-            for data, kwargs, kind in scene.layer_data():
+            for data, kwargs, kind in napari_layer_data(scene.layer_data()):
                 added = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
                 self.layers += added if isinstance(added, list) else [added]
 

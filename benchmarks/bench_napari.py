@@ -26,6 +26,7 @@ Run: ``python benchmarks/bench_napari.py [--quick] [--repeat 5]``; writes
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -190,6 +191,9 @@ def bench_open(path: str, repeat: int) -> dict[str, Any]:
 def main() -> None:
     ap = H.bench_argparser(__doc__.splitlines()[0])
     args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-napari-", dir=args.cache))
+    # the reader stores its reader preference: in a throw-away napari settings file
+    os.environ["NAPARI_CONFIG"] = str(root / "napari-settings.yaml")
     import npe2
 
     npe2.PluginManager.instance().discover()
@@ -199,7 +203,6 @@ def main() -> None:
     from patchsieve.volume import open_pyramid  # noqa: F401 - dask, xarray
     import_s = time.perf_counter() - t0
     cases = QUICK if args.quick else CASES
-    root = Path(tempfile.mkdtemp(prefix="bench-napari-", dir=args.cache))
     results: dict[str, Any] = {}
     rows = []
     try:

@@ -6,18 +6,22 @@ Run under a display, e.g. ``make napari-screenshot`` (Xvfb):
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import napari
-import numpy as np
-from PIL import Image
-from qtpy.QtWidgets import QApplication
+# never the user's napari settings (window geometry, the reader preference the plugin stores)
+os.environ["NAPARI_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="napari-cfg-"), "s.yaml")
 
-import patchsieve as ps
-from patchsieve.demo import write_demo_data
+import napari  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from qtpy.QtWidgets import QApplication  # noqa: E402
+
+import patchsieve as ps  # noqa: E402
+from patchsieve.demo import write_demo_data  # noqa: E402
 
 
 def _settle(seconds: float = 0.5) -> None:

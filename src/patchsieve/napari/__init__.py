@@ -22,12 +22,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from patchsieve.napari._live import LiveThreshold, ThresholdState, live_sidecar
-from patchsieve.napari._pyramid import DecisionLabels, LabelLevel, level_factors
-from patchsieve.napari._scene import SidecarScene, read_sidecar
-
-#: Qt widgets and the napari-facing reader, imported on first access (they import napari/Qt)
+#: every name is imported on first access: the reader needs only ``_scene`` (napari loads it for
+#: the first side-car of a session), the widgets import napari/Qt
 _LAZY = {
+    "DecisionLabels": "patchsieve.napari._pyramid",
+    "LabelLevel": "patchsieve.napari._pyramid",
+    "level_factors": "patchsieve.napari._pyramid",
+    "SidecarScene": "patchsieve.napari._scene",
+    "read_sidecar": "patchsieve.napari._scene",
+    "LiveThreshold": "patchsieve.napari._live",
+    "ThresholdState": "patchsieve.napari._live",
+    "live_sidecar": "patchsieve.napari._live",
     "napari_get_reader": "patchsieve.napari._reader",
     "ThresholdWidget": "patchsieve.napari._widgets",
     "PreviewWidget": "patchsieve.napari._widgets",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ except ImportError:  # pragma: no cover - the dev extra installs napari
     pytest.skip("napari is not installed (pip install 'patchsieve[napari]')",
                 allow_module_level=True)
 
+from napari_data import metadata_only_ome_zarr, synthetic_sidecar  # noqa: E402 - tests/ (rootdir-relative)
+
 import patchsieve as ps
 from patchsieve.config import (
     MaxPatchFilterConfig,
@@ -43,9 +44,6 @@ from patchsieve.demo import write_demo_data, write_ome_zarr
 from patchsieve.napari import DecisionLabels, LiveThreshold, SidecarScene, read_sidecar
 from patchsieve.regions import filter_out_from_stats
 from patchsieve.sidecar import SidecarWriter, cover_cells, open_sidecar
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from napari_data import metadata_only_ome_zarr, synthetic_sidecar  # noqa: E402
 
 LOCAL = {"processes": False, "n_workers": 1}
 

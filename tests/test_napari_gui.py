@@ -39,7 +39,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     v = ps.compute(paths["vol3d2c"], MeanStdPatchFilterConfig(mean_threshold=150.0,
                                                               ref_channel=1),
                    (8, 32, 32), str(root / "vol3d2c.patchsieve.zarr"), cluster=LOCAL)
-    return {**paths, "h": h.path, "v": v.path}
+    v1 = ps.compute(paths["vol3d2c"], MeanStdPatchFilterConfig(mean_threshold=150.0,
+                                                               ref_channel=1),
+                    (4, 16, 16), str(root / "vol3d2c.level1.patchsieve.zarr"), level=1,
+                    cluster=LOCAL)
+    return {**paths, "h": h.path, "v": v.path, "v1": v1.path}
 
 
 @pytest.fixture
@@ -74,6 +78,48 @@ def test_open_3d_multichannel_and_render(viewer: Any, demo: dict[str, str]) -> N
     assert shot.ndim == 3 and shot[..., :3].std() > 0  # something was drawn
     viewer.dims.ndisplay = 3  # the coarsest level (the cell grid) is what 3D renders
     _process()
+    assert viewer.screenshot(canvas_only=True)[..., :3].std() > 0
+
+
+@pytest.mark.parametrize(("key", "n_images"), [("h", 1), ("v", 2), ("v1", 2)])
+def test_reader_renders_2d_3d_and_level1(viewer: Any, demo: dict[str, str], key: str,
+                                        n_images: int) -> None:
+    layers = viewer.open(demo[key], plugin="patchsieve")
+    images = [x for x in layers if type(x).__name__ == "Image"]
+    labels = [x for x in layers if type(x).__name__ == "Labels"]
+    assert len(images) == n_images and labels
+    for lab in labels:
+        assert lab.data.shape == images[0].data.shape
+        np.testing.assert_allclose(lab.scale, images[0].scale)
+    _process()
+    images[0].visible = False  # only the labels: kept regions are drawn in the kept colour
+    for other in images[1:]:
+        other.visible = False
+    _process()
+    shot = viewer.screenshot(canvas_only=True)[..., :3].astype(int)
+    assert (shot[..., 2] > shot[..., 0] + 20).any()  # blue (kept) pixels on screen
+
+
+@pytest.mark.s3
+def test_reader_s3_in_the_viewer(viewer: Any, s3_bucket: Any,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from patchsieve.demo import write_ome_zarr
+
+    so = s3_bucket.storage_options
+    img = np.random.default_rng(5).poisson(20.0, (64, 64)).astype("uint16")
+    img[:32] += 200
+    src = write_ome_zarr(f"{s3_bucket.url}/img.ome.zarr", img, "yx", chunks=(32, 32),
+                         storage_options=so)
+    out = f"{s3_bucket.url}/img.patchsieve.zarr"
+    ps.compute(src, MeanStdPatchFilterConfig(mean_threshold=100.0), (16, 16), out,
+               storage_options=so, cluster=LOCAL)
+    for var, key in (("AWS_ACCESS_KEY_ID", "key"), ("AWS_SECRET_ACCESS_KEY", "secret"),
+                     ("AWS_ENDPOINT_URL", "endpoint_url")):
+        monkeypatch.setenv(var, so[key])
+    layers = viewer.open(out, plugin="patchsieve")
+    assert [type(x).__name__ for x in layers] == ["Image", "Labels"]
+    _process()
+    np.testing.assert_array_equal(np.asarray(layers[0].data), img)
     assert viewer.screenshot(canvas_only=True)[..., :3].std() > 0
 
 

@@ -81,7 +81,9 @@ class _Reads:
         zarr.storage.LocalStore.get = self._orig
 
     def source_chunks(self) -> int:
-        return sum(1 for k in self.keys if k.startswith("s") and not k.endswith("zarr.json"))
+        meta = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
+        return sum(1 for k in self.keys if k[:1] == "s" and k[1:2].isdigit()
+                   and not k.endswith(meta))
 
 
 def _make(root: Path, name: str, case: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 DEMO_DIR ?= demo-data
 DEMO_OUT ?= demo-output
 
-.PHONY: venv test test-all test-quick demo bench bench-large lint clean
+.PHONY: venv test test-all test-quick test-napari napari-screenshot demo bench bench-large lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@echo "== creating/refreshing $(VENV) with $(PY) (pins: $(CONSTRAINTS))"
@@ -22,16 +22,26 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 venv: $(STAMP)
 
-## make test: the import contracts (pyproject.toml), then everything except the `slow` scale tests,
-## doctests of src/ included (CI runs this through .ci/run)
+## make test: the import contracts (pyproject.toml), then everything except the `slow` scale tests
+## and the real-viewer napari tests, doctests of src/ included (CI runs this through .ci/run)
 test: $(STAMP)
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not napari_gui" $(PYTEST_ARGS)
 
-## make test-all: including the slow scale tests
+## make test-all: including the slow scale tests (not the napari viewer tests: make test-napari)
 test-all: $(STAMP)
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not napari_gui" $(PYTEST_ARGS)
+
+## make test-napari: the napari plugin in a real viewer (Qt + OpenGL) under Xvfb; needs Debian's
+## xvfb and Mesa GL packages (.ci/run installs them when missing)
+XVFB := xvfb-run -a -s "-screen 0 1280x1024x24"
+test-napari: $(STAMP)
+	$(XVFB) $(BIN)/python -m pytest -m napari_gui tests/test_napari_gui.py $(PYTEST_ARGS)
+
+## make napari-screenshot: docs/img/napari-threshold.png (the README's screenshot), under Xvfb
+napari-screenshot: $(STAMP)
+	$(XVFB) $(BIN)/python docs/img/napari_screenshot.py docs/img/napari-threshold.png
 
 ## make demo: generate the demo datasets and run the main job on them
 demo: $(STAMP)

@@ -31,6 +31,9 @@ import zarr
 from fsspec.implementations.memory import MemoryFileSystem
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# the napari plugin's tests store reader preferences: never in the user's napari settings
+os.environ["NAPARI_CONFIG"] = os.path.join(
+    __import__("tempfile").mkdtemp(prefix="patchsieve-napari-"), "settings.yaml")
 _METADATA_KEYS = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
 
 

@@ -71,6 +71,33 @@ def write_labels(group: Any, name: str, volume: Any, geom: VolumeGeometry,
     An existing ``labels/<name>`` (a side-car computed again, e.g. resumed or extended) is
     replaced: the labels are derived from the current decisions.
     """
+    chunks = {d: int(c[0]) for d, c in zip(volume.dims, volume.data.chunks)}
+    _write_label_image(group, name, geom, keep_cells, chunks,
+                       dict(volume.attrs.get("scale", {}) or {}),
+                       dict(volume.attrs.get("translation", {}) or {}))
+
+
+def relabel(group: Any, name: str, meta: Mapping[str, Any]) -> None:
+    """Rewrite ``labels/<name>`` from the side-car's current decisions (no volume read).
+
+    Used after a threshold change (:meth:`SidecarWriter.change_filter`) so that a label image
+    never disagrees with ``decisions/<name>``; the source's chunks, scale and translation come
+    from the side-car's ``attrs["patchsieve"]["source"]``.
+    """
+    from patchsieve.sidecar._decisions import cover_cells
+    from patchsieve.sidecar._format import decision_key
+
+    src = meta["source"]
+    geom = VolumeGeometry.from_attrs(meta["geometry"], src)
+    fo = np.asarray(group[decision_key(name, "filter_out")][...], dtype=bool)
+    chunks = {d: int(c) for d, c in zip(src["dims"], src["chunks"])}
+    _write_label_image(group, name, geom, cover_cells(~fo, geom.cell_shape), chunks,
+                       dict(src.get("scale") or {}), dict(src.get("translation") or {}))
+
+
+def _write_label_image(group: Any, name: str, geom: VolumeGeometry, keep_cells: np.ndarray,
+                       chunks: Mapping[str, int], scale: Mapping[str, float],
+                       translation: Mapping[str, float]) -> None:
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import write_multiscale_labels
 
@@ -79,11 +106,8 @@ def write_labels(group: Any, name: str, volume: Any, geom: VolumeGeometry,
 
     spatial = list(geom.spatial_dims)
     dims = [*geom.sample_dims, *spatial]
-    chunks = {d: int(c[0]) for d, c in zip(volume.dims, volume.data.chunks)}
     downsample = {d: d != "z" for d in spatial}
     pyramid = label_pyramid(keep_cells, geom, chunks, downsample)
-    scale = dict(volume.attrs.get("scale", {}) or {})
-    translation = dict(volume.attrs.get("translation", {}) or {})
     transforms = []
     for k in range(len(pyramid)):
         sc = []

@@ -87,38 +87,43 @@ def check_not_inside(output: str, source_url: str) -> None:
         )
 
 
-def source_fingerprint(volume: Any, storage_options: Mapping[str, Any] | None = None) -> str:
+def source_fingerprint(volume: Any, storage_options: Mapping[str, Any] | None = None, *,
+                       url: str | None = None) -> str:
     """Fingerprint of a source: metadata plus checksums of a few raw (encoded) chunks.
 
     For Zarr sources: array metadata document, shape, chunks, dtype and the sha256 of up to 8 raw
     chunks spread over the array (first, last, evenly between). A change to other chunks that keeps
     the metadata is not detected (documented limitation). For in-memory arrays: shape, dtype and a
     hash of a strided sample of the data.
+
+    ``url`` replaces the source URL that enters the hash (default ``volume.attrs["source"]``),
+    while the chunks are still read from where ``volume`` was opened: it checks a source that was
+    moved, or is reached by another path, against a side-car's stored fingerprint.
     """
     attrs = dict(volume.attrs)
     head = {
-        "url": attrs.get("source"),
+        "url": attrs.get("source") if url is None else url,
         "array_path": attrs.get("array_path", ""),
         "dims": list(volume.dims),
         "shape": list(volume.shape),
         "dtype": str(volume.dtype),
     }
     h = hashlib.sha256(canonical_hash(head).encode())
-    url = str(attrs.get("source", "<numpy>"))
+    where = str(attrs.get("source", "<numpy>"))
     fmt = str(attrs.get("format", ""))
-    if url.startswith("<") or fmt == "tiff":
+    if where.startswith("<") or fmt == "tiff":
         data = volume.data
         flat_idx = tuple(slice(None, None, max(1, n // 16)) for n in volume.shape)
         sample = np.ascontiguousarray(np.asarray(data[flat_idx]))
         h.update(sample.tobytes())
-        if fmt == "tiff" and not url.startswith("<"):
+        if fmt == "tiff" and not where.startswith("<"):
             try:
-                st = os.stat(local_path(url))
+                st = os.stat(local_path(where))
                 h.update(f"{st.st_size}".encode())
             except OSError:
                 pass
         return h.hexdigest()[:32]
-    arr = open_zarr_array(url, attrs.get("array_path", ""), storage_options=storage_options)
+    arr = open_zarr_array(where, attrs.get("array_path", ""), storage_options=storage_options)
     meta = arr.metadata.to_dict()
     h.update(canonical_hash(meta).encode())
     grid = [math.ceil(n / c) for n, c in zip(arr.shape, arr.chunks)]

@@ -260,6 +260,8 @@ class SidecarWriter:
         """Replace filter ``name``'s config and re-derive its decisions (no volume read).
 
         The side-car is marked incomplete while it is rewritten; readers refuse it meanwhile.
+        A label image of the filter (``labels/<name>``, written with ``labels=True``) is
+        rewritten from the new decisions before the side-car is marked complete again.
         """
         from patchsieve.config import parse_filter_config
 
@@ -271,6 +273,11 @@ class SidecarWriter:
             meta["complete"] = False
             self.set_meta(meta)
             meta = self.update_decisions(configs, meta)
+            if name in meta.get("labels", []):
+                # the label image follows the decisions, never left stale
+                from patchsieve.sidecar._labels import relabel
+
+                relabel(self.group, name, meta)
             meta["complete"] = True
             self.set_meta(meta)
 

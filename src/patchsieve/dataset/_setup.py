@@ -14,7 +14,7 @@ import torch
 
 from patchsieve.dataset._chunks import _ChunkReader
 from patchsieve.errors import ConfigError, SidecarIncompleteError, SidecarMismatchError
-from patchsieve.sampling import MODES
+from patchsieve.sampling import MODES, StreamingPatching
 from patchsieve.sidecar import Sidecar, open_sidecar
 from patchsieve.volume import same_location
 
@@ -239,3 +239,59 @@ def target_reader(opts: SourceOptions, shape: Mapping[str, int], target_channels
             f"{type(target).__name__}.")
     reader.array()
     return reader, tch
+
+
+class DecisionReader:
+    """``read(sample, lo, hi)``: boxes of a side-car's ``filter_out`` decisions, for the
+    streamed sampler. Picklable: the side-car is opened again (by path) in another process."""
+
+    def __init__(self, sc: Sidecar, name: str):
+        self.path, self.name = str(sc.path), name
+        self.storage_options = sc.storage_options
+        self._sc: Sidecar | None = sc
+        self._pid: int | None = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_sc": None, "_pid": None}
+
+    def __call__(self, sample: int, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        if self._sc is None or self._pid != os.getpid():
+            self._sc = open_sidecar(self.path, storage_options=self.storage_options)
+            self._pid = os.getpid()
+        return self._sc.decision_block(self.name, sample, lo, hi)
+
+
+def make_sampler(sc: Sidecar, name: str, sampling: SamplingOptions,
+                 chunk_shape: Sequence[int]) -> StreamingPatching:
+    """The streamed CAREamics sampler over the side-car's decisions (read block by block),
+    checked against the side-car's stored per-sample totals."""
+    pf = float(sc.config(name).filtered_patch_prob)
+    rows = int(sc.decision_array(name).chunks[len(sc.sample_dims)])
+    sp = StreamingPatching(
+        [sc.shape[d] for d in sc.spatial_dims], [sc.patch_size[d] for d in sc.spatial_dims],
+        DecisionReader(sc, name), n_samples=sc.n_samples, background_weight=pf,
+        mode=sampling.mode, seed=sampling.seed, epoch_length=sampling.epoch_length,  # type: ignore[arg-type]
+        chunk_shape=chunk_shape, decision_rows=rows)
+    _check_totals(sc, name, sp, pf)
+    return sp
+
+
+def _check_totals(sc: Sidecar, name: str, sp: StreamingPatching, pf: float) -> None:
+    """The decisions read block by block must agree with the side-car's stored totals."""
+    totals = sc.sample_totals(name)
+    n_bg = np.asarray(totals["n_background"]).reshape(-1)
+    n_regions = np.asarray(totals["n_regions"]).reshape(-1)
+    expected_w = (n_regions - n_bg) + n_bg * pf
+    problems = []
+    if not np.array_equal(n_bg, sp.n_background):
+        problems.append(f"n_background {n_bg.tolist()[:4]} vs {sp.n_background.tolist()[:4]} counted")
+    if not np.allclose(np.asarray(totals["weight_sum"]).reshape(-1), expected_w, rtol=1e-9):
+        problems.append("weights other than 1 (kept) / filtered_patch_prob (background)")
+    if sp.mode == "per_epoch" and not np.array_equal(
+            np.asarray(totals["n_patches_per_epoch"]).reshape(-1), sp.n_patches_per_sample):
+        problems.append("n_patches_per_epoch differs from CAREamics' count of the decisions")
+    if problems:
+        raise SidecarMismatchError(
+            f"side-car {sc.path!r}, filter {name!r}: {'; '.join(problems)}. Fix: recompute the "
+            "side-car (`patchsieve compute ... --overwrite`) or change its threshold with "
+            "`patchsieve.analysis.apply_threshold`, which rewrite decisions and totals together.")

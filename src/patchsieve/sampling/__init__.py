@@ -59,6 +59,7 @@ skipping that many patches resumes the epoch exactly.
 
 from __future__ import annotations
 
+from patchsieve.sampling._execution import ShardStream
 from patchsieve.sampling._order import (
     chunk_groups,
     shard_positions,
@@ -75,11 +76,14 @@ from patchsieve.sampling._stratified import (
     plan_dtype,
     region_areas,
 )
+from patchsieve.sampling._streamed import StreamingPatching
 
 __all__ = [
     "MODES",
     "SamplingMode",
+    "ShardStream",
     "StratifiedPatching",
+    "StreamingPatching",
     "careamics_n_patches",
     "chunk_groups",
     "pack_regions",

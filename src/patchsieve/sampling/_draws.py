@@ -183,47 +183,48 @@ class EpochDraws:
                 flat_kind: NDArray[np.int64]) -> NDArray[np.int64]:
         """Local region indices (tile box, C order) of the bins landing in tile ``u``."""
         s: Any = self
-        lo_e, hi_e = int(s._tile_eptr[u]), int(s._tile_eptr[u + 1])
-        ents = s._tile_entries[lo_e:hi_e]
+        ents = s._tile_entries[int(s._tile_eptr[u]):int(s._tile_eptr[u + 1])]
         ents = ents[st.entry_count[ents] > 0]
         if ents.size == 0:
             return np.zeros(0, np.int64)
+        cell = s.entry_cell[ents]
+        cnt, n_c = st.entry_count[ents], s.cell_n[cell]
+        whole = cnt == n_c  # every bin of the cell lands here: no need to know which
+        reps = np.where(whole, n_c, cnt)
+        which = np.repeat(np.arange(ents.size), reps)
+        i = np.arange(which.size) - np.repeat(np.cumsum(reps) - reps, reps)
+        for j in np.flatnonzero(~whole).tolist():  # the bins at category positions off..off+cnt
+            c, off = int(cell[j]), int(st.entry_off[ents[j]])
+            perm = KeyedPermutation(int(n_c[j]), key(self.seed, epoch, TAG_CELLS, c))
+            i[which == j] = perm.inverse(np.arange(off, off + int(cnt[j])))
+        piece = s.cell_piece[cell][which]
+        ip = s.cell_i0[cell][which] + i
+        bins = s.piece_start[piece] + ip
         t0, t1 = s.gcum[sample, k], s.gcum[sample, k + 1]
+        first, n_cov = s.piece_cov[piece], s.piece_cov[piece + 1] - s.piece_cov[piece]
+        width = int(n_cov.max())
+        cv = np.minimum(first[None, :] + np.arange(width)[:, None], s.cov_group.size - 1)
+        valid = np.arange(width)[:, None] < n_cov[None, :]
+        g = s.cov_group[cv]
+        t = s.cov_t[cv]
+        r = s.cov_r0[cv] + ip[None, :] * t
+        lo = np.maximum(r, t0[g])
+        m = np.where(valid, np.clip(np.minimum(r + t, t1[g]) - lo, 0, None), 0)
+        value = s.kinds.group_value[g]
+        cum_w = np.cumsum(m * value, axis=0)
+        x = uniforms(key(self.seed, epoch, TAG_MEMBER, sample), bins) * cum_w[-1]
+        j = (cum_w <= x[None, :]).sum(axis=0)
+        j = np.minimum(j, width - 1 - np.argmax((m > 0)[::-1], axis=0))  # a covering with members
+        cols = np.arange(bins.size)
+        before = np.where(j > 0, cum_w[np.maximum(j - 1, 0), cols], 0.0)
+        step = np.floor((x - before) / value[j, cols]).astype(np.int64)
+        rank = lo[j, cols] + np.clip(step, 0, m[j, cols] - 1)
+        gsel = g[j, cols]
         gid = s.kinds.group[flat_kind]
-        members: dict[int, NDArray[np.int64]] = {}
-        out = []
-        for e in ents.tolist():
-            c = int(s.entry_cell[e])
-            cnt, off, n_c = int(st.entry_count[e]), int(st.entry_off[e]), int(s.cell_n[c])
-            pos = np.arange(off, off + cnt)
-            i = (KeyedPermutation(n_c, key(self.seed, epoch, TAG_CELLS, c)).inverse(pos)
-                 if n_c > 1 else np.zeros(cnt, np.int64))
-            piece = int(s.cell_piece[c])
-            ip = int(s.cell_i0[c]) + i
-            bins = int(s.piece_start[piece]) + ip
-            covs = range(int(s.piece_cov[piece]), int(s.piece_cov[piece + 1]))
-            g = s.cov_group[covs.start:covs.stop]
-            t = s.cov_t[covs.start:covs.stop, None]
-            r = s.cov_r0[covs.start:covs.stop, None] + ip[None, :] * t
-            a = np.maximum(r, t0[g][:, None])
-            m = np.clip(np.minimum(r + t, t1[g][:, None]) - a, 0, None)
-            value = s.kinds.group_value[g][:, None]
-            cum_w = np.cumsum(m * value, axis=0)
-            x = uniforms(key(self.seed, epoch, TAG_MEMBER, sample), bins) * cum_w[-1]
-            j = (cum_w <= x[None, :]).sum(axis=0)
-            last_pos = g.size - 1 - np.argmax((m > 0)[::-1], axis=0)
-            j = np.minimum(j, last_pos)
-            cols = np.arange(cnt)
-            before = np.where(j > 0, cum_w[np.maximum(j - 1, 0), cols], 0.0)
-            step = np.floor((x - before) / value[j, 0]).astype(np.int64)
-            rank = a[j, cols] + np.clip(step, 0, m[j, cols] - 1)
-            gsel = g[j]
-            local = np.empty(cnt, np.int64)
-            for gg in np.unique(gsel).tolist():
-                if gg not in members:
-                    members[gg] = np.flatnonzero(gid == gg)
-                    s._check_count(members[gg].size, t1[gg] - t0[gg], u)
-                w = gsel == gg
-                local[w] = members[gg][rank[w] - t0[gg]]
-            out.append(local)
-        return np.concatenate(out)
+        local = np.empty(bins.size, np.int64)
+        for gg in np.unique(gsel).tolist():
+            members = np.flatnonzero(gid == gg)
+            s._check_count(members.size, t1[gg] - t0[gg], u)
+            w = gsel == gg
+            local[w] = members[rank[w] - t0[gg]]
+        return local

@@ -93,13 +93,13 @@ class ShardStream:
     def __len__(self) -> int:
         return self.total - self.start
 
-    # ---- units of work: (id, tiles, first rank-sequence position, count)
-    def _plan_units(self) -> list[tuple[int, NDArray[np.int64], int, int]]:
+    # ---- units of work: (id, first tile, end tile, first rank-sequence position, count)
+    def _plan_units(self) -> list[tuple[int, int, int, int, int]]:
         order = self.plan_order[self.rank_n[self.plan_order] > 0]
         counts = self.rank_n[order]
         firsts = np.cumsum(counts) - counts
-        return [(int(u), order[i : i + 1], int(f), int(c)) for i, (u, f, c) in
-                enumerate(zip(order.tolist(), firsts.tolist(), counts.tolist(), strict=True))]
+        return [(u, u, u + 1, f, c) for u, f, c in
+                zip(order.tolist(), firsts.tolist(), counts.tolist(), strict=True)]
 
     def _tiles_per_run(self) -> int:
         tiles = self.sp.tiles
@@ -107,19 +107,26 @@ class ShardStream:
                              zip(tiles.tile_shape, self.sp.patch_size, self.chunk_shape, strict=True))
         return max(1, self.window // max(per_tile, 1))
 
-    def _run_units(self) -> list[tuple[int, NDArray[np.int64], int, int]]:
+    def _run_units(self) -> list[tuple[int, int, int, int, int]]:
         n_tiles = self.sp.tiles.n_tiles
         tpr = self._tiles_per_run()
         shift = int(key(self.sp.seed, self.epoch, TAG_RUNS) % tpr)
         run_of = (np.arange(n_tiles) + shift) // tpr
         n_runs = int(run_of[-1]) + 1 if n_tiles else 0
         counts = np.bincount(run_of, weights=self.rank_n, minlength=n_runs).astype(np.int64)
-        order = KeyedPermutation(n_runs, key(self.sp.seed, self.epoch, self.rank, TAG_RUNS)).order
+        bounds = np.searchsorted(run_of, np.arange(n_runs + 1))
+        # runs in a random order inside each of W spatial stripes, stripe after stripe: the
+        # workers' consecutive pieces then cover about the same stripe every epoch, so a
+        # persistent worker finds most of its chunks still decoded
+        stripe = bounds[:-1] * self.nw // max(n_tiles, 1)
+        shuffle = KeyedPermutation(n_runs, key(self.sp.seed, self.epoch, self.rank, TAG_RUNS)).order
+        place = np.empty(n_runs, np.int64)
+        place[shuffle] = np.arange(n_runs)
+        order = np.lexsort((place, stripe))
         order = order[counts[order] > 0]
         firsts = np.cumsum(counts[order]) - counts[order]
-        bounds = np.searchsorted(run_of, np.arange(n_runs + 1))
-        return [(r, np.arange(bounds[r], bounds[r + 1]), int(f), int(counts[r]))
-                for r, f in zip(order.tolist(), firsts.tolist(), strict=True)]
+        lo, hi, cnt = bounds[order].tolist(), bounds[order + 1].tolist(), counts[order].tolist()
+        return list(zip(order.tolist(), lo, hi, firsts.tolist(), cnt, strict=True))
 
     # ---- realisation
     def _rank_patches(self, u: int) -> tuple[NDArray[Any], NDArray[np.int64]]:
@@ -129,9 +136,9 @@ class ShardStream:
         keep = (pos < self.n_keep) & (pos % self.ws == self.rank)
         return arr[keep], (pos[keep] - self.rank) // self.ws
 
-    def _unit(self, tiles: NDArray[np.int64], unit_id: int) -> NDArray[Any]:
-        """The rank's patches of one unit, in execution order."""
-        parts = [self._rank_patches(int(u)) for u in tiles if self.rank_n[u] > 0]
+    def _unit(self, t0: int, t1: int, unit_id: int) -> NDArray[Any]:
+        """The rank's patches of tiles ``t0 .. t1 - 1``, in execution order."""
+        parts = [self._rank_patches(u) for u in range(t0, t1) if self.rank_n[u] > 0]
         if not parts:
             return np.zeros(0, plan_dtype(len(self.sp.patch_size)))
         arr = np.concatenate([p[0] for p in parts])
@@ -144,7 +151,8 @@ class ShardStream:
         order, the patches of a sub-run in a random order."""
         ch = np.asarray(self.chunk_shape, np.int64)
         code = _morton(arr["origin"] // ch)
-        _, rank = np.unique(np.stack([arr["sample"], code], axis=1), axis=0, return_inverse=True)
+        span = int(code.max(initial=0)) + 1
+        _, rank = np.unique(arr["sample"] * span + code, return_inverse=True)
         group = rank.reshape(-1) // max(self.window, 1)
         n_groups = int(group.max(initial=-1)) + 1
         k = key(self.sp.seed, self.epoch, self.rank, unit_id, TAG_SUBRUNS)
@@ -160,23 +168,23 @@ class ShardStream:
         if self.window <= 0:
             yield from self._produce_interleaved()
             return
-        for unit_id, tiles, f, c in self._units:
+        for unit_id, t0, t1, f, c in self._units:
             if f + c <= lo or c == 0:
                 continue
             if f >= hi:
                 return
-            arr = self._unit(tiles, unit_id)
+            arr = self._unit(t0, t1, unit_id)
             yield arr[max(lo - f, 0) : min(hi - f, c)]
 
     def _produce_interleaved(self) -> Iterator[NDArray[Any]]:
         """``window=0``: plan order; worker ``w`` takes rank-local indices ``w (mod W)``."""
         done = 0  # this worker's patches before the current unit
-        for _, tiles, f, c in self._units:
+        for u, _, _, f, c in self._units:
             mine = len(range((self.worker - f) % self.nw, c, self.nw))
             if done + mine <= self.start:
                 done += mine
                 continue
-            arr, q = self._rank_patches(int(tiles[0]))
+            arr, q = self._rank_patches(u)
             sel = arr[q % self.nw == self.worker]
             yield sel[max(self.start - done, 0):]
             done += mine

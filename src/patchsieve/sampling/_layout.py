@@ -191,14 +191,17 @@ def sample_cells(packed: Packed, gcum: NDArray[np.int64], group_value: NDArray[n
     (local canonical) tile ``k`` (``gcum[-1]`` the group sizes)."""
     parts: dict[str, list[Any]] = {k: [] for k in ("piece", "i0", "n", "cell", "tile", "weight")}
     n_cells = 0
+    inner = gcum[1:-1]  # first ranks of the tiles after the first: where a group changes tile
+    bounds = [inner[np.flatnonzero(np.diff(inner[:, g], prepend=-1) != 0), g]
+              for g in range(gcum.shape[1])]
     for p in range(packed.n_pieces):
         length = int(packed.end[p] - packed.start[p])
         covs = range(int(packed.cov_ptr[p]), int(packed.cov_ptr[p + 1]))
         cuts = [np.array([0, length], np.int64)]
         for c in covs:
             g, t, r0 = int(packed.cov_group[c]), int(packed.cov_t[c]), int(packed.cov_r0[c])
-            x = np.unique(gcum[1:-1, g])
-            x = x[(x > r0) & (x < r0 + length * t)]
+            x = bounds[g]
+            x = x[np.searchsorted(x, r0, side="right"):np.searchsorted(x, r0 + length * t)]
             i, rem = np.divmod(x - r0, t)
             cuts += [i, i[rem != 0] + 1]
         cut = np.unique(np.clip(np.concatenate(cuts), 0, length))

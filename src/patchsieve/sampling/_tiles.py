@@ -14,16 +14,21 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from patchsieve.errors import SidecarMismatchError
 from patchsieve.sampling._order import _morton
 
 #: at most this many tiles (all samples together): bounds the plan state
 MAX_TILES = 1 << 15
+#: tiles grow to at least this many regions (or a whole sample): a tile's patches are drawn
+#: with a few dozen array operations, whatever its size
+MIN_TILE_REGIONS = 1 << 12
 #: regions read at once while counting (bounds the memory of the scan)
-SCAN_REGIONS = 1 << 22
+SCAN_REGIONS = 1 << 24
 
 #: ``read(sample, lo, hi)`` -> bool array of the regions ``[lo, hi)`` of one (flat) sample
 BackgroundReader = Callable[[int, Sequence[int], Sequence[int]], NDArray[np.bool_]]
@@ -37,15 +42,17 @@ def area_classes(ndim: int) -> list[tuple[int, ...]]:
 def choose_tile_shape(grid_shape: Sequence[int], n_samples: int, patch_size: Sequence[int],
                       chunk_shape: Sequence[int] | None, max_tiles: int = MAX_TILES) -> tuple[int, ...]:
     """Regions per tile and axis: the regions of one storage chunk (at least 1), doubled along
-    the axis with the most tiles until there are at most ``max_tiles`` tiles (or one tile per
-    sample).
+    the axis with the most tiles until there are at most ``max_tiles`` tiles and a tile holds
+    :data:`MIN_TILE_REGIONS` regions (or one tile is the whole sample).
 
     Examples
     --------
     >>> choose_tile_shape((16, 16), 79, (64, 64), (512, 512))
-    (8, 8)
-    >>> choose_tile_shape((400, 500, 500), 1, (16, 64, 64), (16, 256, 256), max_tiles=1 << 15)
-    (8, 16, 16)
+    (16, 16)
+    >>> choose_tile_shape((500, 500), 1, (64, 64), (256, 256))
+    (64, 64)
+    >>> choose_tile_shape((400, 500, 500), 1, (16, 64, 64), (16, 256, 256))
+    (16, 16, 16)
     """
     grid = [max(1, int(g)) for g in grid_shape]
     chunks = chunk_shape if chunk_shape is not None else patch_size
@@ -54,7 +61,8 @@ def choose_tile_shape(grid_shape: Sequence[int], n_samples: int, patch_size: Seq
     def n_tiles() -> int:
         return int(n_samples) * math.prod(-(-g // s) for g, s in zip(grid, t, strict=True))
 
-    while n_tiles() > max_tiles and any(s < g for s, g in zip(t, grid, strict=True)):
+    while ((n_tiles() > max_tiles or math.prod(t) < MIN_TILE_REGIONS)
+           and any(s < g for s, g in zip(t, grid, strict=True))):
         along = [-(-g // s) if s < g else 0 for g, s in zip(grid, t, strict=True)]
         d = max(range(len(t)), key=lambda i: (along[i], i))
         t[d] = min(grid[d], 2 * t[d])
@@ -110,34 +118,53 @@ class TileGrid:
         return out
 
 
+def _segment_sums(x: NDArray[Any], a: int, t: int, axis: int, dtype: Any) -> NDArray[Any]:
+    """Sums of ``x`` along ``axis`` over the tiles of ``t`` cells it touches, ``x`` starting
+    at cell ``a`` (a ragged first and last tile; the others summed through a reshape, which is
+    many times faster than ``reduceat``)."""
+    n = x.shape[axis]
+
+    def part(lo: int, hi: int) -> NDArray[Any]:
+        return x[(slice(None),) * axis + (slice(lo, hi),)]
+
+    first_end = min(n, t - a % t)
+    out = [part(0, first_end).sum(axis=axis, keepdims=True, dtype=dtype)]
+    m = (n - first_end) // t
+    if m:
+        mid = part(first_end, first_end + m * t)
+        shape = mid.shape[:axis] + (m, t) + mid.shape[axis + 1:]
+        out.append(mid.reshape(shape).sum(axis=axis + 1, dtype=dtype))
+    rest = first_end + m * t
+    if rest < n:
+        out.append(part(rest, n).sum(axis=axis, keepdims=True, dtype=dtype))
+    return np.concatenate(out, axis=axis) if len(out) > 1 else out[0]
+
+
 def _tile_sums(block: NDArray[np.bool_], lo: Sequence[int], tile_shape: Sequence[int]
                ) -> tuple[NDArray[np.int64], list[int]]:
     """Sums of ``block`` (placed at region ``lo``) per tile it touches, and the first tile
     coordinate per axis."""
-    out: NDArray[np.int64] = block  # type: ignore[assignment]
-    first = []
+    if 0 in block.shape:
+        return np.zeros([0] * block.ndim, np.int64), [0] * block.ndim
+    out: NDArray[Any] = block.view(np.uint8)
     for d, (a, t) in enumerate(zip(lo, tile_shape, strict=True)):
-        n = block.shape[d]
-        if n == 0:
-            return np.zeros([0] * block.ndim, np.int64), [0] * block.ndim
-        starts = np.arange((a // t + 1) * t, a + n, t) - a
-        idx = np.concatenate([[0], starts]).astype(np.intp)
-        out = np.add.reduceat(out, idx, axis=d, dtype=np.int64)
-        first.append(a // t)
-    return out, first
+        small = d == 0 and t < (1 << 16)  # the pass over every region: narrow accumulators
+        out = _segment_sums(out, int(a), int(t), d, np.uint16 if small else np.int64)
+    return out.astype(np.int64), [int(a) // int(t) for a, t in zip(lo, tile_shape, strict=True)]
 
 
 def scan_background(read: BackgroundReader, tiles: TileGrid, slab_rows: int | None = None
                     ) -> NDArray[np.int64]:
     """Background regions per tile and area class, ``(n_tiles, 2**ndim)`` (canonical order).
 
-    ``read`` is called slab by slab (whole rows along the last axes), each slab a multiple of
-    the tile height and of ``slab_rows`` (e.g. the decisions' storage chunk) when possible.
+    ``read`` is called slab by slab (whole rows along the last axes, about
+    :data:`SCAN_REGIONS` regions), each slab a multiple of ``slab_rows`` (the decisions'
+    storage chunk along the first axis), so each stored chunk is decoded once.
     """
     grid, ts = tiles.grid_shape, tiles.tile_shape
     nd = len(grid)
     row = math.prod(grid[1:])
-    unit = ts[0] * (int(slab_rows) // math.gcd(int(slab_rows), ts[0]) if slab_rows else 1)
+    unit = max(int(slab_rows or 1), 1)  # whole storage chunks of the decisions per read
     rows = max(unit, (SCAN_REGIONS // max(row, 1)) // unit * unit)
     counts = np.zeros((tiles.n_tiles, 2**nd), np.int64)
     classes = area_classes(nd)
@@ -146,6 +173,11 @@ def scan_background(read: BackgroundReader, tiles: TileGrid, slab_rows: int | No
         for z0 in range(0, grid[0], rows):
             z1 = min(grid[0], z0 + rows)
             block = np.asarray(read(s, (z0, *[0] * (nd - 1)), (z1, *grid[1:])), dtype=bool)
+            if block.shape != (z1 - z0, *grid[1:]):
+                raise SidecarMismatchError(
+                    f"the decisions of sample {s}, rows {z0}..{z1} have shape {block.shape}; "
+                    f"the region grid needs {(z1 - z0, *grid[1:])}. Fix: pass the side-car of "
+                    "this volume and patch size.")
             for j, alpha in enumerate(classes):
                 sel, lo = [], []
                 for d, a in enumerate(alpha):

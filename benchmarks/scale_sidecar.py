@@ -50,7 +50,8 @@ def _field(lo: Sequence[int], hi: Sequence[int], seed: int) -> np.ndarray:
     out = 500.0 + 0.0 * axes[0]
     for k, (ax, f) in enumerate(zip(axes, freq, strict=True)):
         out = out + 250.0 * (np.sin(ax / f + k) if k % 2 == 0 else np.cos(ax / f + seed))
-    return np.broadcast_to(out, [b - a for a, b in zip(lo, hi, strict=True)])
+    # rounded to 1/8: the statistic compresses like a real one (it would not as random bits)
+    return np.broadcast_to(np.round(out * 8.0) / 8.0, [b - a for a, b in zip(lo, hi, strict=True)])
 
 
 def write_scale_sidecar(source: str, patch: Sequence[int], output: str | Path, *,

@@ -31,8 +31,6 @@ PREFETCH_AHEAD = 3  # chunks decoded ahead, in order of first use (at most 1/4 o
 # on the network, not the CPU); the chunks a plan needs next are known blocks ahead
 REMOTE_PREFETCH_THREADS = 16
 REMOTE_PREFETCH_AHEAD = 48
-#: within this many blocks of its end, an epoch's cache plan includes the next epoch's start
-END_BLOCKS = 4
 GATHER_MIN = 6  # patches of one chunk in a batch cut with one strided gather (fewer: slicing)
 
 
@@ -467,7 +465,7 @@ class _Cutter:
     """
 
     def __init__(self, ds: _PatchBoxes, reader: _ChunkReader, chans: Sequence[int],
-                 todo: np.ndarray, b0: int, b1: int, b2: int, after: np.ndarray | None = None):
+                 todo: np.ndarray, b0: int, b1: int, b2: int):
         dims = reader.dims
         lo, size = ds.boxes(dims, chans, todo[b0:b1])
         self.reader, self.b0 = reader, b0
@@ -498,8 +496,7 @@ class _Cutter:
         self.loc, self.c0 = lo - c0 * ch, c0
         grid = [-(-n // c) for n, c in zip(reader.shape, reader.chunks, strict=True)]
         self.cid = np.ravel_multi_index(tuple(c0.T), grid) if nd else np.zeros(len(lo), np.int64)
-        ahead = todo[b0:b2] if after is None or not len(after) else np.concatenate([todo[b0:b2], after])
-        ahead_lo = lo if len(ahead) == b1 - b0 else ds.boxes(dims, chans, ahead)[0]
+        ahead_lo = lo if b2 == b1 else ds.boxes(dims, chans, todo[b0:b2])[0]
         future = _future_uses(ahead_lo // ch, (ahead_lo + size - 1) // ch)
         for k in future:
             future[k] += b0
@@ -602,16 +599,10 @@ class _Cutter:
 class _BlockCuts:
     """``cut(k, i, out=None)``: patch ``i`` of ``todo`` from reader ``k``, geometry prepared
     one block of patches at a time (sequential access), telling the cache two blocks ahead;
-    ``fill(k, b0, b1, out)``: a whole batch at once.
+    ``fill(k, b0, b1, out)``: a whole batch at once."""
 
-    ``after()`` (optional) gives the patches that most likely follow ``todo`` (the next epoch
-    of a persistent worker): near the end their chunks count as needed ahead, so the cache
-    keeps them (and decodes them early) instead of dropping them at the epoch's end."""
-
-    def __init__(self, ds: _PatchBoxes, todo: np.ndarray, readers: Sequence[Any], block: int,
-                 after: Callable[[int], np.ndarray] | None = None):
+    def __init__(self, ds: _PatchBoxes, todo: np.ndarray, readers: Sequence[Any], block: int):
         self.ds, self.todo, self.readers, self.block = ds, todo, list(readers), int(block)
-        self.after = after
         self.current = -1
         self.cuts: list[_Cutter] = []
 
@@ -621,14 +612,7 @@ class _BlockCuts:
             b0 = b * self.block
             b1 = min(b0 + self.block, len(self.todo))
             b2 = min(b0 + 2 * self.block, len(self.todo))
-            after = None
-            if self.after is not None and len(self.todo) - b0 <= END_BLOCKS * self.block:
-                # the epoch ends soon: plan the rest of it and the next one's first blocks, so
-                # the chunks both use stay cached across the epoch boundary
-                b2 = len(self.todo)
-                after = self.after(2 * self.block)
-            self.cuts = [_Cutter(self.ds, r, c, self.todo, b0, b1, b2, after)
-                         for r, c in self.readers]
+            self.cuts = [_Cutter(self.ds, r, c, self.todo, b0, b1, b2) for r, c in self.readers]
             self.current = b
 
     def __call__(self, k: int, i: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -354,10 +354,7 @@ class PatchDataset(IterableDataset):
         block = PREPARE_BLOCK if batch_size is None else batch_size * max(
             1, PREPARE_BLOCK // batch_size
         )
-        def after(n: int) -> np.ndarray:  # the next epoch's first patches of this worker
-            return self.shard_stream(epoch + 1, worker, nw)[0:n]
-
-        blocks = _BlockCuts(self._boxes, todo, readers, block, after)
+        blocks = _BlockCuts(self._boxes, todo, readers, block)
         cuts = [functools.partial(blocks, k) for k in range(len(readers))]
         if batch_size is not None:
             for b0 in range(0, len(todo), batch_size):

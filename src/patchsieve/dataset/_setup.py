@@ -24,7 +24,7 @@ from patchsieve.volume import same_location
 logger = logging.getLogger(__name__)
 
 #: decoded storage chunks of the side-car's decisions kept per process (tiles are cut from them)
-DECISION_CACHE_BYTES = 64 * 2**20
+DECISION_CACHE_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,8 @@ class DecisionReader:
     def __call__(self, sample: int, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
         arr = self._array()
         n = int(np.prod([b - a for a, b in zip(lo, hi, strict=True)]))
-        if n * 4 > DECISION_CACHE_BYTES:  # a scan slab: read through, nothing cached
+        if not self.validate or n * 16 > DECISION_CACHE_BYTES:
+            # the start-up count (slabs, read once) or a huge box: read through, cache nothing
             return self._sidecar().decision_block(self.name, sample, lo, hi)
         idx = self._index(sample)
         ch = arr.chunks

@@ -28,7 +28,7 @@ MAX_TILES = 1 << 15
 #: with a few dozen array operations, whatever its size
 MIN_TILE_REGIONS = 1 << 12
 #: regions read at once while counting (bounds the memory of the scan)
-SCAN_REGIONS = 1 << 24
+SCAN_REGIONS = 1 << 23
 
 #: ``read(sample, lo, hi)`` -> bool array of the regions ``[lo, hi)`` of one (flat) sample
 BackgroundReader = Callable[[int, Sequence[int], Sequence[int]], NDArray[np.bool_]]

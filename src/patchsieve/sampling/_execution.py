@@ -115,18 +115,31 @@ class ShardStream:
         n_runs = int(run_of[-1]) + 1 if n_tiles else 0
         counts = np.bincount(run_of, weights=self.rank_n, minlength=n_runs).astype(np.int64)
         bounds = np.searchsorted(run_of, np.arange(n_runs + 1))
-        # runs in a random order inside each of W spatial stripes, stripe after stripe: the
-        # workers' consecutive pieces then cover about the same stripe every epoch, so a
-        # persistent worker finds most of its chunks still decoded
-        stripe = bounds[:-1] * self.nw // max(n_tiles, 1)
-        shuffle = KeyedPermutation(n_runs, key(self.sp.seed, self.epoch, self.rank, TAG_RUNS)).order
-        place = np.empty(n_runs, np.int64)
-        place[shuffle] = np.arange(n_runs)
-        order = np.lexsort((place, stripe))
+        order = self._striped(counts, key(self.sp.seed, self.epoch, self.rank, TAG_RUNS))
         order = order[counts[order] > 0]
         firsts = np.cumsum(counts[order]) - counts[order]
         lo, hi, cnt = bounds[order].tolist(), bounds[order + 1].tolist(), counts[order].tolist()
         return list(zip(order.tolist(), lo, hi, firsts.tolist(), cnt, strict=True))
+
+    def _striped(self, counts: NDArray[np.int64], k: int) -> NDArray[np.int64]:
+        """Runs (canonical order, ``counts`` patches each) in execution order: cut into ``W``
+        spatial stripes of about equal patch counts, stripe after stripe, the runs of a stripe in
+        a random order except that a stripe's runs next to its neighbours come last / first.
+        The workers' consecutive pieces then cover the same stripe every epoch (a persistent
+        worker finds its chunks still decoded) and exchange only runs at stripe borders."""
+        n_runs = counts.size
+        total = max(int(counts.sum()), 1)
+        mid = np.cumsum(counts) - counts / 2.0
+        stripe = np.minimum((mid * self.nw // total).astype(np.int64), self.nw - 1)
+        place = np.empty(n_runs, np.float64)
+        place[KeyedPermutation(n_runs, k).order] = np.arange(n_runs)
+        for w in range(self.nw):
+            runs = np.flatnonzero(stripe == w)
+            if runs.size > 1 and w > 0:
+                place[runs[0]] = -1.0  # next to the previous stripe: first
+            if runs.size > 1 and w < self.nw - 1:
+                place[runs[-1]] = float(n_runs)  # next to the following stripe: last
+        return np.lexsort((place, stripe))
 
     # ---- realisation
     def _rank_patches(self, u: int) -> tuple[NDArray[Any], NDArray[np.int64]]:

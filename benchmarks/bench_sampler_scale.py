@@ -26,6 +26,7 @@ Usage::
     python benchmarks/bench_sampler_scale.py              # all three
     python benchmarks/bench_sampler_scale.py --scale-only # 1.
     python benchmarks/bench_sampler_scale.py --s3-only    # 2. and 3.
+    python benchmarks/bench_sampler_scale.py --quick      # 10**6 and 10**7, 12 slices of ref2d
 """
 
 from __future__ import annotations
@@ -315,6 +316,8 @@ def main() -> None:
     ap.add_argument("--baseline-1e8", action="store_true",
                     help="also run the before code on 10**8 regions (about 10 GB, minutes)")
     args = ap.parse_args()
+    if args.quick and args.grids == list(GRIDS):
+        args.grids = ["1e6", "1e7"]
     threads = h.set_threads(args.threads)
     payload: dict = {"threads": threads}
     rows: list = []

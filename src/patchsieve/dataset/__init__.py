@@ -23,8 +23,9 @@ Throughput (what the time goes to, and what keeps it low):
   zarr;
 * re-decoding: the execution order of a shard is known blocks ahead, so the chunk cache
   evicts the chunk needed furthest ahead (Belady's rule) and never keeps one that is not
-  needed again; chunks are decoded ahead in background threads in order of first use; the
-  workers' runs follow spatial stripes, so persistent workers find last epoch's chunks;
+  needed again; chunks are decoded ahead in background threads in order of first use; each
+  worker covers the same spatial stripe every epoch, so persistent workers find last epoch's
+  chunks;
 * object storage: a remote chunk is one request (raw bytes through the store, decoded with
   numcodecs); 16 threads per reader keep up to 48 chunks of the coming blocks in flight, so a
   request's latency overlaps the others' and the decoding;

@@ -55,9 +55,9 @@ the truncated plan whatever ``(world_size, num_workers)``; shards are disjoint.
 
 Execution order (chunk-aware, bounded shuffle window): the storage chunks are cut into runs of
 ``window`` neighbouring chunks; a rank's patches are ordered run by run (runs in a random
-order, the patches of a run in a random order) and the workers take consecutive pieces of that
-order, of the same sizes as the interleaved split (``len(range(w, n_rank, W))``), so batch
-counts do not change between epochs. A run's decoded chunks fit the worker's cache, so each
+order, the patches of a run in a random order) and the workers take consecutive pieces of the
+rank's patches, of the same sizes as the interleaved split (``len(range(w, n_rank, W))``), so
+batch counts do not change between epochs. A run's decoded chunks fit the worker's cache, so each
 chunk is decoded about once per epoch while a batch still mixes patches of up to ``window``
 chunks. Reordering never changes which patches are drawn, only when and by which worker;
 ``window=0`` keeps plan order with interleaved workers.
@@ -97,12 +97,15 @@ tile's patches are drawn (:meth:`StreamingPatching.realize`) only when needed, f
 (counter-based) random numbers, identically in every process and for every
 ``(world_size, num_workers)``.
 
-*Execution order* (:class:`ShardStream`). Runs are groups of consecutive tiles holding about
-``window`` chunks (a tile larger than ``window`` chunks is cut into sub-runs of ``window``
-chunks by the chunk of the patch origin, in Z order); the runs of each of ``W`` spatial stripes
-(one per worker) come in a random order, stripe after stripe, so a persistent worker covers
-about the same stripe every epoch and finds its chunks still decoded; the patches of a run
-are in a random order. ``window=0``: plan order, workers interleaved.
+*Execution order* (:class:`ShardStream`). The rank's patches in canonical (spatial) tile
+order are cut into the workers' pieces of the interleaved sizes (a tile on a border is shared,
+its patches in plan order): each worker covers one spatial stripe, the same every epoch, so a
+persistent worker finds its decoded chunks again (on the 2D demo stack no chunk is decoded
+twice after the first epoch). Inside its stripe a worker runs groups of consecutive tiles
+holding about ``window`` chunks (boundaries shifted every epoch) in a random order; a tile
+larger than ``window`` chunks is cut into sub-runs of ``window`` chunks by the chunk of the
+patch origin (Z order); the patches of a run come in a random order. ``window=0``: plan order,
+workers interleaved.
 
 *Randomness of a batch.* A batch is ``batch_size`` consecutive patches of one run: a uniformly
 random subset of that run's patches, i.e. from up to ``window`` neighbouring storage chunks

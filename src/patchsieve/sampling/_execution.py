@@ -62,6 +62,15 @@ class ShardStream:
     -----
     Supports ``len()``, slicing with increasing starts (the blocks a patch cutter asks for)
     and iteration over blocks (:meth:`blocks`).
+
+    Examples
+    --------
+    >>> from patchsieve.sampling import StreamingPatching
+    >>> sp = StreamingPatching.from_arrays((256, 256), (32, 32), np.zeros((8, 8), bool), seed=1)
+    >>> shards = [ShardStream(sp, 0, worker=w, num_workers=2, window=4, chunk_shape=(64, 64))
+    ...           for w in range(2)]
+    >>> [len(s) for s in shards], sum(len(s[:]) for s in shards) == sp.epoch_length
+    ([32, 32], True)
     """
 
     def __init__(self, sampler: Any, epoch: int, *, rank: int = 0, world_size: int = 1,
@@ -93,12 +102,13 @@ class ShardStream:
     def __len__(self) -> int:
         return self.total - self.start
 
-    # ---- units of work: (id, first tile, end tile, first rank-sequence position, count)
-    def _plan_units(self) -> list[tuple[int, int, int, int, int]]:
+    # ---- units of work: (id, [(tile, first, end) of its rank patches], first position, count)
+    def _plan_units(self) -> list[tuple[int, list[tuple[int, int, int]], int, int]]:
+        """``window=0``: the tiles in plan order (the rank's sequence, workers interleaved)."""
         order = self.plan_order[self.rank_n[self.plan_order] > 0]
         counts = self.rank_n[order]
         firsts = np.cumsum(counts) - counts
-        return [(u, u, u + 1, f, c) for u, f, c in
+        return [(u, [(u, 0, c)], f, c) for u, f, c in
                 zip(order.tolist(), firsts.tolist(), counts.tolist(), strict=True)]
 
     def _tiles_per_run(self) -> int:
@@ -107,39 +117,41 @@ class ShardStream:
                              zip(tiles.tile_shape, self.sp.patch_size, self.chunk_shape, strict=True))
         return max(1, self.window // max(per_tile, 1))
 
-    def _run_units(self) -> list[tuple[int, int, int, int, int]]:
+    def _run_units(self) -> list[tuple[int, list[tuple[int, int, int]], int, int]]:
+        """This worker's runs, in execution order, positions relative to its first patch.
+
+        The rank's patches in canonical (spatial) tile order are cut into the workers' pieces
+        (a tile at a border is shared: its patches in plan order, the first ones to the lower
+        worker), so a worker covers one spatial stripe, the same every epoch (a persistent
+        worker finds its chunks still decoded). The stripe's tiles form runs of about
+        ``window`` chunks (boundaries shifted every epoch), in a random order."""
         n_tiles = self.sp.tiles.n_tiles
+        cum = np.concatenate([[0], np.cumsum(self.rank_n)])
+        lo, hi = self.first, self.first + self.total
+        t_lo = int(np.searchsorted(cum, lo, side="right")) - 1
+        t_hi = int(np.searchsorted(cum, hi, side="left"))
+        tiles = np.arange(max(t_lo, 0), min(t_hi, n_tiles))
+        tiles = tiles[self.rank_n[tiles] > 0]
+        if tiles.size == 0 or self.total == 0:
+            return []
+        first = np.maximum(lo - cum[tiles], 0)
+        end = np.minimum(hi - cum[tiles], self.rank_n[tiles])
         tpr = self._tiles_per_run()
         shift = int(key(self.sp.seed, self.epoch, TAG_RUNS) % tpr)
-        run_of = (np.arange(n_tiles) + shift) // tpr
-        n_runs = int(run_of[-1]) + 1 if n_tiles else 0
-        counts = np.bincount(run_of, weights=self.rank_n, minlength=n_runs).astype(np.int64)
-        bounds = np.searchsorted(run_of, np.arange(n_runs + 1))
-        order = self._striped(counts, key(self.sp.seed, self.epoch, self.rank, TAG_RUNS))
-        order = order[counts[order] > 0]
-        firsts = np.cumsum(counts[order]) - counts[order]
-        lo, hi, cnt = bounds[order].tolist(), bounds[order + 1].tolist(), counts[order].tolist()
-        return list(zip(order.tolist(), lo, hi, firsts.tolist(), cnt, strict=True))
-
-    def _striped(self, counts: NDArray[np.int64], k: int) -> NDArray[np.int64]:
-        """Runs (canonical order, ``counts`` patches each) in execution order: cut into ``W``
-        spatial stripes of about equal patch counts, stripe after stripe, the runs of a stripe in
-        a random order except that a stripe's runs next to its neighbours come last / first.
-        The workers' consecutive pieces then cover the same stripe every epoch (a persistent
-        worker finds its chunks still decoded) and exchange only runs at stripe borders."""
-        n_runs = counts.size
-        total = max(int(counts.sum()), 1)
-        mid = np.cumsum(counts) - counts / 2.0
-        stripe = np.minimum((mid * self.nw // total).astype(np.int64), self.nw - 1)
-        place = np.empty(n_runs, np.float64)
-        place[KeyedPermutation(n_runs, k).order] = np.arange(n_runs)
-        for w in range(self.nw):
-            runs = np.flatnonzero(stripe == w)
-            if runs.size > 1 and w > 0:
-                place[runs[0]] = -1.0  # next to the previous stripe: first
-            if runs.size > 1 and w < self.nw - 1:
-                place[runs[-1]] = float(n_runs)  # next to the following stripe: last
-        return np.lexsort((place, stripe))
+        run_of = (tiles + shift) // tpr
+        runs, start = np.unique(run_of, return_index=True)
+        stop = np.append(start[1:], tiles.size)
+        order = KeyedPermutation(runs.size, key(self.sp.seed, self.epoch, self.rank, self.worker,
+                                                TAG_RUNS)).order
+        units, pos = [], 0
+        for i in order.tolist():
+            part = [(int(u), int(a), int(b)) for u, a, b in
+                    zip(tiles[start[i]:stop[i]], first[start[i]:stop[i]], end[start[i]:stop[i]],
+                        strict=True)]
+            count = sum(b - a for _, a, b in part)
+            units.append((int(runs[i]), part, pos, count))
+            pos += count
+        return units
 
     # ---- realisation
     def _rank_patches(self, u: int) -> tuple[NDArray[Any], NDArray[np.int64]]:
@@ -149,14 +161,12 @@ class ShardStream:
         keep = (pos < self.n_keep) & (pos % self.ws == self.rank)
         return arr[keep], (pos[keep] - self.rank) // self.ws
 
-    def _unit(self, t0: int, t1: int, unit_id: int) -> NDArray[Any]:
-        """The rank's patches of tiles ``t0 .. t1 - 1``, in execution order."""
-        parts = [self._rank_patches(u) for u in range(t0, t1) if self.rank_n[u] > 0]
-        if not parts:
+    def _unit(self, part: list[tuple[int, int, int]], unit_id: int) -> NDArray[Any]:
+        """The rank's patches ``first .. end`` of each tile of ``part``, in execution order."""
+        arrs = [self._rank_patches(u)[0][a:b] for u, a, b in part]
+        if not arrs:
             return np.zeros(0, plan_dtype(len(self.sp.patch_size)))
-        arr = np.concatenate([p[0] for p in parts])
-        if self.window <= 0:
-            return arr
+        arr = np.concatenate(arrs)
         return arr[self._run_order(arr, unit_id)]
 
     def _run_order(self, arr: NDArray[Any], unit_id: int) -> NDArray[np.int64]:
@@ -177,22 +187,18 @@ class ShardStream:
 
     def _produce(self) -> Iterator[NDArray[Any]]:
         """This worker's patches from ``start`` on, unit by unit."""
-        lo, hi = self.first + self.start, self.first + self.total
         if self.window <= 0:
             yield from self._produce_interleaved()
             return
-        for unit_id, t0, t1, f, c in self._units:
-            if f + c <= lo or c == 0:
+        for unit_id, part, f, c in self._units:
+            if f + c <= self.start:
                 continue
-            if f >= hi:
-                return
-            arr = self._unit(t0, t1, unit_id)
-            yield arr[max(lo - f, 0) : min(hi - f, c)]
+            yield self._unit(part, unit_id)[max(self.start - f, 0):]
 
     def _produce_interleaved(self) -> Iterator[NDArray[Any]]:
         """``window=0``: plan order; worker ``w`` takes rank-local indices ``w (mod W)``."""
         done = 0  # this worker's patches before the current unit
-        for u, _, _, f, c in self._units:
+        for u, _, f, c in self._units:
             mine = len(range((self.worker - f) % self.nw, c, self.nw))
             if done + mine <= self.start:
                 done += mine

@@ -27,10 +27,7 @@ logger = logging.getLogger(__name__)
 
 PREFETCH_THREADS = 2  # background chunk decoders per reader (and process)
 PREFETCH_AHEAD = 3  # chunks decoded ahead, in order of first use (at most 1/4 of the cache)
-# object storage: each request waits tens of ms, so many are in flight at once (threads wait
-# on the network, not the CPU); the chunks a plan needs next are known blocks ahead
-REMOTE_PREFETCH_THREADS = 16
-REMOTE_PREFETCH_AHEAD = 48
+REMOTE_PREFETCH_THREADS, REMOTE_PREFETCH_AHEAD = 16, 48  # object storage: requests wait ~50 ms
 GATHER_MIN = 6  # patches of one chunk in a batch cut with one strided gather (fewer: slicing)
 
 
@@ -115,14 +112,12 @@ class _RawChunks:
     def fill(self) -> np.ndarray:
         """The whole-chunk fill value (one shared read-only array: patches are copies)."""
         if self._fill is None:
-            fill = np.full(self.chunk_shape, self.fill_value, self.dtype)
-            fill.flags.writeable = False
-            self._fill = fill
+            self._fill = np.full(self.chunk_shape, self.fill_value, self.dtype)
+            self._fill.flags.writeable = False
         return self._fill
 
     def _bytes(self, key: tuple[int, ...]) -> bytes | None:
-        """The encoded chunk (None when absent): a file read, or a store read (object storage:
-        one request; the decoder threads issue many at once)."""
+        """The encoded chunk (None when absent): a file read, or one store request."""
         name = self.chunk_key(key)
         if self.store is not None:
             return read_key(self.store, f"{self.root}/{name}" if self.root else name)
@@ -254,7 +249,8 @@ class _ChunkReader:
 
     @property
     def prefetch_limits(self) -> tuple[int, int]:
-        """(decoder threads, chunks decoded ahead at most): more for object storage."""
+        """(decoder threads, chunks decoded ahead at most): many requests in flight for object
+        storage (threads wait on the network; the plan's next chunks are known blocks ahead)."""
         if self.remote:
             return REMOTE_PREFETCH_THREADS, REMOTE_PREFETCH_AHEAD
         return PREFETCH_THREADS, PREFETCH_AHEAD

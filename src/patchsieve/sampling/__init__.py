@@ -110,7 +110,8 @@ workers interleaved.
 *Randomness of a batch.* A batch is ``batch_size`` consecutive patches of one run: a uniformly
 random subset of that run's patches, i.e. from up to ``window`` neighbouring storage chunks
 (``benchmarks/bench_dataset.py`` reports the distinct chunks per batch; with the default window
-on the 2D demo stack about 42 of 64 patches come from distinct chunks, as before this design).
+on the 2D demo stack the 64 patches of a batch come from 40 distinct chunks on average; 44
+before this design).
 Runs and their order change every epoch (keyed by the epoch; run boundaries shift).
 """
 

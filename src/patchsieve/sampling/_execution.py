@@ -94,6 +94,7 @@ class ShardStream:
         self.total = sizes[self.worker]
         self.start = min(max(int(start), 0), self.total)
         self.first = sum(sizes[: self.worker])  # rank-sequence position of this worker's first
+        self._parts: tuple[NDArray[np.int64], ...] = ()
         self._units = self._plan_units() if self.window <= 0 else self._run_units()
         self._buf: list[tuple[int, NDArray[Any]]] = []  # (first local position, patches)
         self._next = self.start  # local position the producer reaches next
@@ -102,14 +103,16 @@ class ShardStream:
     def __len__(self) -> int:
         return self.total - self.start
 
-    # ---- units of work: (id, [(tile, first, end) of its rank patches], first position, count)
-    def _plan_units(self) -> list[tuple[int, list[tuple[int, int, int]], int, int]]:
+    # ---- units of work: (id, (a, b): its tiles are ``self._parts[..][a:b]``, first position,
+    # count); a tile's rank patches ``first .. end`` (plan order) belong to this worker
+    def _plan_units(self) -> list[tuple[int, tuple[int, int], int, int]]:
         """``window=0``: the tiles in plan order (the rank's sequence, workers interleaved)."""
         order = self.plan_order[self.rank_n[self.plan_order] > 0]
         counts = self.rank_n[order]
         firsts = np.cumsum(counts) - counts
-        return [(u, [(u, 0, c)], f, c) for u, f, c in
-                zip(order.tolist(), firsts.tolist(), counts.tolist(), strict=True)]
+        self._parts = (order, np.zeros_like(counts), counts)
+        return list(zip(order.tolist(), zip(range(order.size), range(1, order.size + 1)),
+                        firsts.tolist(), counts.tolist(), strict=True))
 
     def _tiles_per_run(self) -> int:
         tiles = self.sp.tiles
@@ -117,7 +120,7 @@ class ShardStream:
                              zip(tiles.tile_shape, self.sp.patch_size, self.chunk_shape, strict=True))
         return max(1, self.window // max(per_tile, 1))
 
-    def _run_units(self) -> list[tuple[int, list[tuple[int, int, int]], int, int]]:
+    def _run_units(self) -> list[tuple[int, tuple[int, int], int, int]]:
         """This worker's runs, in execution order, positions relative to its first patch.
 
         The rank's patches in canonical (spatial) tile order are cut into the workers' pieces
@@ -132,10 +135,11 @@ class ShardStream:
         t_hi = int(np.searchsorted(cum, hi, side="left"))
         tiles = np.arange(max(t_lo, 0), min(t_hi, n_tiles))
         tiles = tiles[self.rank_n[tiles] > 0]
-        if tiles.size == 0 or self.total == 0:
-            return []
         first = np.maximum(lo - cum[tiles], 0)
         end = np.minimum(hi - cum[tiles], self.rank_n[tiles])
+        self._parts = (tiles, first, end)
+        if tiles.size == 0 or self.total == 0:
+            return []
         tpr = self._tiles_per_run()
         shift = int(key(self.sp.seed, self.epoch, TAG_RUNS) % tpr)
         run_of = (tiles + shift) // tpr
@@ -143,15 +147,11 @@ class ShardStream:
         stop = np.append(start[1:], tiles.size)
         order = KeyedPermutation(runs.size, key(self.sp.seed, self.epoch, self.rank, self.worker,
                                                 TAG_RUNS)).order
-        units, pos = [], 0
-        for i in order.tolist():
-            part = [(int(u), int(a), int(b)) for u, a, b in
-                    zip(tiles[start[i]:stop[i]], first[start[i]:stop[i]], end[start[i]:stop[i]],
-                        strict=True)]
-            count = sum(b - a for _, a, b in part)
-            units.append((int(runs[i]), part, pos, count))
-            pos += count
-        return units
+        taken = np.concatenate([[0], np.cumsum(end - first)])
+        counts = taken[stop[order]] - taken[start[order]]
+        firsts = np.cumsum(counts) - counts
+        return list(zip(runs[order].tolist(), zip(start[order].tolist(), stop[order].tolist()),
+                        firsts.tolist(), counts.tolist(), strict=True))
 
     # ---- realisation
     def _rank_patches(self, u: int) -> tuple[NDArray[Any], NDArray[np.int64]]:
@@ -161,9 +161,10 @@ class ShardStream:
         keep = (pos < self.n_keep) & (pos % self.ws == self.rank)
         return arr[keep], (pos[keep] - self.rank) // self.ws
 
-    def _unit(self, part: list[tuple[int, int, int]], unit_id: int) -> NDArray[Any]:
-        """The rank's patches ``first .. end`` of each tile of ``part``, in execution order."""
-        arrs = [self._rank_patches(u)[0][a:b] for u, a, b in part]
+    def _unit(self, span: tuple[int, int], unit_id: int) -> NDArray[Any]:
+        """This worker's patches of the tiles ``self._parts[..][a:b]``, in execution order."""
+        tiles, first, end = (x[span[0]:span[1]].tolist() for x in self._parts)
+        arrs = [self._rank_patches(u)[0][a:b] for u, a, b in zip(tiles, first, end, strict=True)]
         if not arrs:
             return np.zeros(0, plan_dtype(len(self.sp.patch_size)))
         arr = np.concatenate(arrs)

@@ -286,11 +286,15 @@ def _s3_rows(out: dict, nw: int) -> list:
         rows.append(h.summary_row(f"ref2d nw{nw} S3 50 ms/request patches/s, {label}",
                                   _med(out["s3_50ms"], ep), "patches/s", baseline="local disk",
                                   baseline_value=_med(out["local"], ep), target=">=0.5"))
-    for ep, label in labels[:2]:
+    for ep, label in labels:
         rows.append(h.summary_row(f"ref2d nw{nw} S3 0 ms patches/s, {label}", _med(out["s3_0ms"], ep),
                                   "patches/s", baseline="local disk, code before this change",
                                   baseline_value=_med(out.get("local_before", []), ep),
                                   target=">=0.9", note=ceiling))
+    rows.append(h.summary_row(f"ref2d nw{nw} S3 50 ms/request patches/s, epoch 1 (every chunk read)",
+                              _med(out["s3_50ms"], (0,)), "patches/s", baseline="S3 0 ms",
+                              baseline_value=_med(out["s3_0ms"], (0,)), target=">=0.7",
+                              note="latency hidden: serial requests would add 50 ms x chunks"))
     for ep, label in labels:
         rows.append(h.summary_row(f"ref2d nw{nw} local patches/s, {label}", _med(out["local"], ep),
                                   "patches/s", baseline="code before this change",
@@ -302,6 +306,16 @@ def _s3_rows(out: dict, nw: int) -> list:
 def main() -> None:
     if len(sys.argv) >= 2 and sys.argv[1] == "--child-start":
         _child_start(sys.argv[2], sys.argv[3] == "1")
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--summarize":  # rebuild the rows of a results file
+        path = Path(sys.argv[2])
+        payload = json.loads(path.read_text())
+        rows = (_scale_rows(payload["scale"]) if "scale" in payload else []) + (
+            _s3_rows(payload["s3"], 2) if "s3" in payload else [])
+        payload["summary"] = rows
+        path.write_text(json.dumps(payload, indent=1, default=str))
+        h.print_table("bench_sampler_scale", rows,
+                      ["what", "value", "unit", "baseline_value", "ratio", "target", "met"])
         return
     if len(sys.argv) >= 2 and sys.argv[1] == "--child-throughput":
         _child_throughput(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))

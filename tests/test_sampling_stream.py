@@ -361,3 +361,18 @@ def test_decisions_that_change_after_the_scan_are_refused():
         sp.epoch_plan(0)
     with pytest.raises(SidecarMismatchError, match="shape"):
         StreamingPatching((256, 256), (32, 32), lambda s, lo, hi: np.zeros((1, 1), bool))
+
+
+def test_int_mode_from_the_first_region_of_a_mixed_largest_group():
+    """Background interior regions (16 x 0.25 = 4.0) tie with kept edge regions (area 4) for
+    the largest adjusted area, and a background corner (0.25) is fractional: CAREamics' capacity
+    array is float64 because the first such region (in enumeration order) is a background one."""
+    bg = np.zeros((4, 4), bool)
+    bg[:3, :3] = True  # every interior region
+    bg[3, 3] = True  # the corner
+    ref = StratifiedPatching((16, 16), (4, 4), np.where(bg, 0.25, 1.0), background=bg)
+    sp = StreamingPatching.from_arrays((16, 16), (4, 4), bg, background_weight=0.25,
+                                       chunk_shape=(4, 4))
+    assert sp._int_mode(0, sp.gcum[0, -1], sp._group_int(0)) is False
+    assert _contents_reference(ref) == _contents_streamed(sp)
+    assert sp.n_patches_per_sample.tolist() == ref.n_patches_per_sample.tolist()

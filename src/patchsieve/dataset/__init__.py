@@ -8,7 +8,7 @@ patches from it. Neither the volume, nor a per-voxel weight map, nor a whole reg
 a whole epoch plan is ever held in memory: the side-car's decisions are read block by block
 (counted once at start-up, then tile by tile as the plan reaches them, weights checked per
 stored chunk), so start-up time and memory do not grow with the number of regions (10**8
-regions: about 1 s and under 50 MB, ``benchmarks/bench_sampler_scale.py``).
+regions: under 1 s and 80 MB, ``benchmarks/bench_sampler_scale.py``).
 
 Use ``multiprocessing_context="spawn"`` (recommended; works everywhere, incl. CUDA and S3) or
 ``"fork"`` (fastest start): stores are opened per process and dropped when pickled. Worker

@@ -93,17 +93,19 @@ def _one_read_per_patch(ds, url, array_path, plan, limit):
 
 
 def _distinct_chunks_per_batch(ds, window: int | None) -> float:
-    """Mean number of distinct storage chunks in a batch of one worker (num_workers 2)."""
-    from patchsieve.sampling import chunk_groups, shard_positions, worker_orders
+    """Mean number of distinct storage chunks (of the patch origins) in a batch of one worker
+    (num_workers 2), from the dataset's own execution order (``ds.shard_stream``)."""
+    from patchsieve.sampling import ShardStream
 
-    plan = ds.sampler.epoch_plan(0)
-    share = plan[shard_positions(len(plan))]
-    ids, n_chunks = ds._chunk_ids(share)
     win = ds.window(2) if window is None else window
+    spatial_ch, _ = ds._chunk_grid()
+    ch = np.asarray(spatial_ch, np.int64)
     counts = []
-    for order in worker_orders(chunk_groups(ids, n_chunks, win), len(share), 2):
-        keys = ids[order]
-        counts += [len(np.unique(keys[i : i + BATCH])) for i in range(0, len(keys), BATCH)]
+    for w in range(2):
+        shard = ShardStream(ds.sampler, 0, worker=w, num_workers=2, window=win, chunk_shape=spatial_ch)
+        for b in shard.blocks(BATCH):
+            keys = np.concatenate([b["sample"][:, None], b["origin"] // ch], axis=1)
+            counts.append(len(np.unique(keys, axis=0)))
     return float(np.mean(counts))
 
 

@@ -326,8 +326,14 @@ def test_preview_patches_are_dataset_patches(sidecars, tmp_path, kind, name, mod
 def test_preview_background_flags_match_plan(sidecars):
     sc = sidecars["hagen2d"]
     res = ins.preview_patches(sc, 19, filter="shannon")
-    sp = StratifiedPatching((256, 256), (64, 64), sc.weights("shannon"),
-                            background=sc.filter_out("shannon"))
+    # the plan of the sampler PatchDataset draws with (CAREamics' StratifiedPatching semantics,
+    # streamed from the side-car: the same law, its own random numbers)
+    from patchsieve.dataset import PatchDataset
+
+    sp = PatchDataset(sidecar=sc, filter_name="shannon").sampler
+    ref = StratifiedPatching((256, 256), (64, 64), sc.weights("shannon"),
+                             background=sc.filter_out("shannon"))
+    assert sp.epoch_length == ref.epoch_length
     plan = sp.epoch_plan(0)
     assert sorted(map(tuple, res["origins"])) == sorted(map(tuple, plan["origin"].tolist()))
     assert int(res["background"].sum()) == int(plan["background"].sum())

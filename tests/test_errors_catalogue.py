@@ -970,6 +970,45 @@ def _(ctx: Ctx) -> None:
     StratifiedPatching((64, 64), (16, 16), np.ones((1, 4, 4)), background=np.zeros((2, 2), bool))
 
 
+@case("dataset-sidecar-weights-other")
+def _(ctx: Ctx) -> None:
+    out = ctx.sidecar_copy()
+    zarr.open_group(str(out), mode="r+")["decisions/shannon/weight"][...] = 0.5
+    _dataset(ctx, sidecar=out)
+
+
+@case("dataset-sidecar-totals-mismatch")
+def _(ctx: Ctx) -> None:
+    out = ctx.sidecar_copy()
+    g = zarr.open_group(str(out), mode="r+")
+    g["decisions/shannon/filter_out"][...] = ~np.asarray(g["decisions/shannon/filter_out"][...])
+    _dataset(ctx, sidecar=out)
+
+
+@case("sampling-decisions-changed")
+def _(ctx: Ctx) -> None:
+    from patchsieve.sampling import StreamingPatching
+
+    bg = np.zeros((1, 4, 4), bool)
+    sp = StreamingPatching((64, 64), (16, 16), lambda s, lo, hi: bg[(s, *map(slice, lo, hi))])
+    bg[0, 0] = True
+    sp.epoch_plan(0)
+
+
+@case("sampling-background-weight")
+def _(ctx: Ctx) -> None:
+    from patchsieve.sampling import StreamingPatching
+
+    StreamingPatching.from_arrays((64, 64), (16, 16), np.zeros((4, 4), bool), background_weight=1.5)
+
+
+@case("sidecar-decision-what")
+def _(ctx: Ctx) -> None:
+    from patchsieve import open_sidecar
+
+    open_sidecar(ctx.shared.sidecar()).decision_block("shannon", 0, (0, 0), (1, 1), what="stats")
+
+
 class _KillWorker:
     """A transform that SIGKILLs the DataLoader worker process it runs in."""
 

@@ -59,6 +59,7 @@ _LAZY = {
     "Sidecar": "patchsieve.sidecar",
     # sampling / dataset
     "StratifiedPatching": "patchsieve.sampling",
+    "StreamingPatching": "patchsieve.sampling",
     "PatchDataset": "patchsieve.dataset",
     "PatchLoader": "patchsieve.dataset",
     "RandomFlipRotate": "patchsieve.dataset.transforms",

@@ -21,29 +21,36 @@ from typing import Any
 import numpy as np
 
 from patchsieve.errors import SidecarMismatchError
-from patchsieve.volume import open_zarr_array
+from patchsieve.volume import is_remote, open_zarr_array, read_key
 
 logger = logging.getLogger(__name__)
 
 PREFETCH_THREADS = 2  # background chunk decoders per reader (and process)
 PREFETCH_AHEAD = 3  # chunks decoded ahead, in order of first use (at most 1/4 of the cache)
+REMOTE_PREFETCH_THREADS, REMOTE_PREFETCH_AHEAD = 16, 48  # object storage: requests wait ~50 ms
 GATHER_MIN = 6  # patches of one chunk in a batch cut with one strided gather (fewer: slicing)
 
 
 # --------------------------------------------------------------------------- chunk reader
 class _RawChunks:
-    """Whole-chunk decoding of plain local Zarr arrays without zarr's async codec pipeline.
+    """Whole-chunk decoding of plain Zarr arrays without zarr's async codec pipeline.
 
-    Applies only to arrays on a local store with a regular chunk grid, C order, native byte
-    order and at most one compressor (zstd, blosc, gzip; zarr v2: any numcodecs compressor and
-    no filters). A chunk file is read and decoded directly with numcodecs, about 1.6x faster
-    than ``array[chunk slice]`` here. Anything else (sharding, transposes, filters, missing
-    chunks, remote stores) is left to zarr: :meth:`build` returns None or :meth:`read` None.
+    Applies only to arrays with a regular chunk grid, C order, native byte order and at most
+    one compressor (zstd, blosc, gzip; zarr v2: any numcodecs compressor and no filters). A
+    chunk is read (a file on a local store, one ``get`` on any other store, e.g. object
+    storage) and decoded directly with numcodecs, about 1.6x faster than
+    ``array[chunk slice]`` here; an absent chunk is the fill value (metadata-only test volumes
+    read without zarr too). Anything else (sharding, transposes, filters) is left to zarr:
+    :meth:`build` returns None or :meth:`read` None.
     """
 
     def __init__(self, root: str, chunk_key: Callable[[tuple[int, ...]], str], decode: Any,
-                 dtype: np.dtype, chunk_shape: tuple[int, ...]):
+                 dtype: np.dtype, chunk_shape: tuple[int, ...], fill_value: Any = 0,
+                 store: Any = None):
         self.root, self.chunk_key, self.decode = root, chunk_key, decode
+        self.store = store  # a non-local zarr store: bytes through it (``root`` is the prefix)
+        self.fill_value = fill_value
+        self._fill: np.ndarray | None = None
         self.dtype, self.chunk_shape = dtype, chunk_shape
         codec = getattr(decode, "__self__", None)  # the numcodecs codec of a bound decode
         kind = getattr(codec, "codec_id", None)
@@ -60,7 +67,7 @@ class _RawChunks:
 
             store, meta = arr.store_path.store, arr.metadata
             dtype = np.dtype(arr.dtype)
-            if not isinstance(store, LocalStore) or dtype.kind not in "biuf" or dtype.hasobject:
+            if dtype.kind not in "biuf" or dtype.hasobject:
                 return None
             if dtype.itemsize > 1 and (sys.byteorder != "little" or dtype.byteorder == ">"):
                 return None
@@ -92,25 +99,46 @@ class _RawChunks:
                 decode = meta.compressor.decode if meta.compressor is not None else None
             else:
                 return None
-            root = os.path.join(str(store.root), arr.store_path.path)
-            return cls(root, meta.encode_chunk_key, decode, dtype, chunk_shape)
+            fill = arr.fill_value if arr.fill_value is not None else 0
+            if isinstance(store, LocalStore):
+                root = os.path.join(str(store.root), arr.store_path.path)
+                return cls(root, meta.encode_chunk_key, decode, dtype, chunk_shape, fill)
+            return cls(arr.store_path.path, meta.encode_chunk_key, decode, dtype, chunk_shape, fill,
+                       store=store)
         except Exception as err:  # any unexpected layout: zarr decodes
             logger.debug("raw chunk decoding unavailable (%s); zarr decodes", err)
             return None
 
+    def fill(self) -> np.ndarray:
+        """The whole-chunk fill value (one shared read-only array: patches are copies)."""
+        if self._fill is None:
+            self._fill = np.full(self.chunk_shape, self.fill_value, self.dtype)
+            self._fill.flags.writeable = False
+        return self._fill
+
+    def _bytes(self, key: tuple[int, ...]) -> bytes | None:
+        """The encoded chunk (None when absent): a file read, or one store request."""
+        name = self.chunk_key(key)
+        if self.store is not None:
+            return read_key(self.store, f"{self.root}/{name}" if self.root else name)
+        try:
+            with open(os.path.join(self.root, name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
     def read(self, key: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray | None:
-        """The whole decoded chunk ``key``, or None (absent / unexpected size).
+        """The whole decoded chunk ``key`` (the fill value when absent), or None (unexpected
+        size).
 
         zstd and blosc chunks whose header gives the expected size are decoded in place into
         ``out`` (a spare whole-chunk array, else a new one): the arrays can be reused for later
         chunks (:meth:`_ChunkReader._recycle`) instead of allocating, faulting in and freeing
         a chunk's worth of fresh memory per decode. Others decode to a new read-only array.
         """
-        try:
-            with open(os.path.join(self.root, self.chunk_key(key)), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None  # zarr knows the fill value
+        data = self._bytes(key)
+        if data is None:
+            return self.fill()  # an absent chunk reads as the fill value
         if self.inplace and _decoded_size(data, self.inplace) == self.nbytes:
             dest = out if out is not None else np.empty(self.chunk_shape, self.dtype)
             try:
@@ -161,6 +189,8 @@ class _ChunkReader:
     ):
         self.url, self.array_path, self.dims = url, array_path, tuple(dims)
         self.fast_decode = True
+        #: object storage: many requests in flight (:data:`REMOTE_PREFETCH_THREADS`)
+        self.remote = url is not None and is_remote(str(url))
         self.storage_options = dict(storage_options or {})
         self.shape = tuple(int(n) for n in shape)
         self._chunks = tuple(int(c) for c in chunks) if chunks else None
@@ -194,7 +224,8 @@ class _ChunkReader:
         """Chunk ``key`` left the cache (nobody holds it: patches are copies): its array can
         take the next decoded chunk."""
         full = self._full.pop(key, None)
-        if full is not None and len(self._spare) < PREFETCH_THREADS + PREFETCH_AHEAD + 2:
+        threads, ahead = self.prefetch_limits
+        if full is not None and len(self._spare) < threads + ahead + 2:
             self._spare.append(full)
 
     def _fetch(self, key: tuple[int, ...]) -> np.ndarray:
@@ -216,6 +247,14 @@ class _ChunkReader:
                 return block[tuple(slice(0, s.stop - s.start) for s in sl)]
         return np.asarray(arr[sl])
 
+    @property
+    def prefetch_limits(self) -> tuple[int, int]:
+        """(decoder threads, chunks decoded ahead at most): many requests in flight for object
+        storage (threads wait on the network; the plan's next chunks are known blocks ahead)."""
+        if self.remote:
+            return REMOTE_PREFETCH_THREADS, REMOTE_PREFETCH_AHEAD
+        return PREFETCH_THREADS, PREFETCH_AHEAD
+
     def prefetch(self, key: tuple[int, ...]) -> None:
         """Start decoding ``key`` in a background thread (codecs release the GIL)."""
         if self._numpy is not None or key in self._cache or key in self._pending:
@@ -225,7 +264,7 @@ class _ChunkReader:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(
-                max_workers=PREFETCH_THREADS, thread_name_prefix="patchsieve-prefetch"
+                max_workers=self.prefetch_limits[0], thread_name_prefix="patchsieve-prefetch"
             )
         self._pending[key] = self._pool.submit(self._fetch, key)
 
@@ -460,11 +499,12 @@ class _Cutter:
         reader.plan(future)
         reader.now = b0
         # upcoming distinct chunks by first use, `depth` of them decoding ahead
-        self.prefetch = PREFETCH_AHEAD > 0
+        ahead = reader.prefetch_limits[1]
+        self.prefetch = ahead > 0
         self.keys = sorted(future, key=lambda k: int(future[k][0]))
         self.first_use = np.asarray([int(future[k][0]) for k in self.keys], np.int64)
         chunk_bytes = int(np.prod(reader.chunks)) * np.dtype(reader.array().dtype).itemsize
-        self.depth = max(1, min(PREFETCH_AHEAD, reader.cache_bytes // max(4 * chunk_bytes, 1)))
+        self.depth = max(1, min(ahead, reader.cache_bytes // max(4 * chunk_bytes, 1)))
         self.submitted = 0
 
     def _ahead(self, i: int) -> None:

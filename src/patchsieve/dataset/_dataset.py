@@ -18,6 +18,7 @@ from patchsieve.dataset._setup import (
     SamplingOptions,
     SourceOptions,
     get_sidecar,
+    make_sampler,
     norm_stats,
     rank_and_world,
     resolve_channels,
@@ -26,13 +27,7 @@ from patchsieve.dataset._setup import (
 )
 from patchsieve.dataset._state import MAX_WORKERS, ReadCounters, SharedEpochState
 from patchsieve.errors import ConfigError
-from patchsieve.sampling import (
-    StratifiedPatching,
-    chunk_groups,
-    shard_positions,
-    worker_orders,
-    zorder_chunk_ids,
-)
+from patchsieve.sampling import ShardStream
 
 if TYPE_CHECKING:
     from patchsieve.dataset._loader import PatchLoader
@@ -169,12 +164,11 @@ class PatchDataset(IterableDataset):
                                   self.patch_size)
         shape = dict(sc.shape)
         self.channels = resolve_channels(channels, shape.get("c", 1), "channels")
-        self.sampler = StratifiedPatching(
-            [shape[d] for d in self.spatial_dims], self.patch_size,
-            sc.weights(self.filter_name), background=sc.filter_out(self.filter_name),
-            mode=mode, seed=seed, epoch_length=epoch_length)
         self._norm = norm_stats(sc, self.channels, len(self.spatial_dims)) if normalize else None
         self._reader = source_reader(sc, opts, self.cache_bytes)
+        #: the epoch plans: CAREamics StratifiedPatching, streamed tile by tile from the
+        #: side-car's decisions (plan state independent of the number of regions)
+        self.sampler = make_sampler(sc, self.filter_name, sampling, self._chunk_grid()[0])
         self._target_reader: _ChunkReader | None = None
         self.target_channels: list[int] = []
         if target is not None:
@@ -256,30 +250,21 @@ class PatchDataset(IterableDataset):
     def __len__(self) -> int:
         return self.sampler.epoch_length // self.world_size
 
-    def _orders(self, epoch: int, num_workers: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """This rank's share of the epoch plan and every worker's execution order of it."""
-        plan = self.sampler.epoch_plan(epoch)
-        share = plan[shard_positions(len(plan), rank=self.rank, world_size=self.world_size)]
-        ids, n_chunks = self._chunk_ids(share)
-        groups = chunk_groups(ids, n_chunks, self.window(num_workers))
-        return share, worker_orders(groups, len(share), num_workers)
-
-    def _shard(self, epoch: int, worker: int, num_workers: int) -> np.ndarray:
-        share, orders = self._orders(epoch, num_workers)
-        return share[orders[worker]]
+    def shard_stream(self, epoch: int, worker: int = 0, num_workers: int = 0,
+                     start: int = 0) -> ShardStream:
+        """One worker's patches of ``epoch`` in execution order (from position ``start``),
+        realised run by run (:class:`patchsieve.sampling.ShardStream`)."""
+        return ShardStream(self.sampler, epoch, rank=self.rank, world_size=self.world_size,
+                           worker=worker, num_workers=num_workers,
+                           window=self.window(num_workers), chunk_shape=self._chunk_grid()[0],
+                           start=start)
 
     def _chunk_grid(self) -> tuple[list[int], list[int]]:
         ch = self._reader.chunks
         spatial_ch = [ch[self.dims.index(d)] for d in self.spatial_dims]
-        n = [-(-self.sampler.spatial_shape[i] // c) for i, c in enumerate(spatial_ch)]
+        shape = [self._reader.shape[self.dims.index(d)] for d in self.spatial_dims]
+        n = [-(-s // c) for s, c in zip(shape, spatial_ch, strict=True)]
         return spatial_ch, n
-
-    def _chunk_ids(self, entries: np.ndarray) -> tuple[np.ndarray, int]:
-        """Z-order index of the storage chunk holding each patch origin, and the chunk count."""
-        spatial_ch, n = self._chunk_grid()
-        coords = entries["origin"] // np.asarray(spatial_ch, dtype=np.int64)
-        ids, _ = zorder_chunk_ids(entries["sample"], coords, n)
-        return ids, max(self.sampler.n_samples, 1) * int(np.prod(n))
 
     def window(self, num_workers: int = 0) -> int:
         """Chunks per run of the execution order (``shuffle_window`` or the automatic choice).
@@ -297,7 +282,7 @@ class PatchDataset(IterableDataset):
             cc = arr_ch[self.dims.index("c")]
             c_read = cc * len({c // cc for c in self.channels})
         chunk_bytes = int(np.prod(spatial_ch)) * c_read * itemsize
-        n_chunks = max(self.sampler.n_samples, 1) * int(np.prod(n))
+        n_chunks = max(int(np.prod(self.sample_shape)), 1) * int(np.prod(n))
         by_cache = max(self.cache_bytes // max(2 * chunk_bytes, 1), 1)
         by_balance = max(-(-n_chunks // (2 * max(int(num_workers), 1))), 1)
         return int(min(by_cache, by_balance))
@@ -350,8 +335,9 @@ class PatchDataset(IterableDataset):
         if info is not None:
             torch.set_num_threads(1)
         epoch = self.epoch
-        shard = self._shard(epoch, worker, nw)
         start = self._state.take_position(epoch, worker, nw)
+        todo = self.shard_stream(epoch, worker, nw, start)
+        n_shard = start + len(todo)
         if info is None:
             self._main_epoch, self._main_position = epoch, start
         slot = worker if info is not None else ReadCounters.MAIN
@@ -360,7 +346,6 @@ class PatchDataset(IterableDataset):
             self.transform.reseed(rng)
         self._stats_base = self._reads.row(slot).copy()
         self._counters0 = self._counters()
-        todo = shard[start:]
         readers = [(self._reader, self.channels)]
         if self._target_reader is not None:
             readers.append((self._target_reader, self.target_channels))
@@ -381,16 +366,19 @@ class PatchDataset(IterableDataset):
                 if info is None:
                     self._main_position += b1 - b0
                 yield batch
-            self._record(slot, len(shard) - start)
+            self._record(slot, n_shard - start)
             return
-        for i, entry in enumerate(todo):
-            item = self._load(entry, [c(i) for c in cuts], None)
-            if i % 32 == 0:
-                self._record(slot, i + 1)
-            if info is None:
-                self._main_position += 1
-            yield item
-        self._record(slot, len(shard) - start)
+        i = 0
+        for part in todo.blocks(block):
+            for entry in part:
+                item = self._load(entry, [c(i) for c in cuts], None)
+                if i % 32 == 0:
+                    self._record(slot, i + 1)
+                if info is None:
+                    self._main_position += 1
+                i += 1
+                yield item
+        self._record(slot, n_shard - start)
 
     def _load_batch(self, todo: np.ndarray, blocks: _BlockCuts, b0: int, b1: int) -> Any:
         """Patches ``b0:b1`` of ``todo`` cut straight into one batch, as ``default_collate``
@@ -510,45 +498,61 @@ class PatchDataset(IterableDataset):
         """Sampling audit: realized vs expected background share, visits, reads, cache.
 
         The realized numbers are computed from this rank's plans of ``epochs`` epochs starting
-        at the current one (what iteration yields); the read numbers from the patches read so
-        far in this process and its DataLoader workers.
+        at the current one (what iteration yields), tile by tile: it reads every region's
+        decision once and draws every patch of those epochs again (``O(regions + patches)``
+        time, one tile in memory); the read numbers from the patches read so far in this
+        process and its DataLoader workers.
         """
         sp = self.sampler
-        bg = n = 0
-        visits = np.zeros((sp.n_samples, int(np.prod(sp.grid_shape))), np.int64)
-        for e in range(self.epoch, self.epoch + max(int(epochs), 1)):
-            plan = sp.epoch_plan(e)
-            plan = plan[shard_positions(len(plan), rank=self.rank, world_size=self.world_size)]
-            bg += int(plan["background"].sum())
-            n += len(plan)
-            np.add.at(visits, (plan["sample"], plan["region"]), 1)
-        exp = sp.expected_visits().reshape(visits.shape) / self.world_size * max(int(epochs), 1)
-        eligible = exp > 0
-        flat_bg = sp.background.reshape(visits.shape)
+        n_ep = max(int(epochs), 1)
+        acc = {"bg": 0, "n": 0, "regions": 0, "eligible": 0, "never": 0, "kept_sum": 0,
+               "kept_n": 0, "bg_sum": 0, "bg_n": 0, "max": 0}
+        hist = np.zeros(1, np.int64)
+        layouts = [sp.tile_layout(e) for e in range(self.epoch, self.epoch + n_ep)]
+        n_keep = [int(lay[0].sum()) - int(lay[0].sum()) % self.world_size for lay in layouts]
+        for u in range(sp.tiles.n_tiles):
+            background, expected = sp.tile_expectations(u)
+            _, lo, _ = sp.tile_box(u)
+            visits = np.zeros(background.size, np.int64)
+            for e, (tile_n, _, plan_pos), keep in zip(range(self.epoch, self.epoch + n_ep), layouts,
+                                                       n_keep, strict=True):
+                if not tile_n[u]:
+                    continue
+                plan = sp.realize(e, u)
+                pos = plan_pos[u] + np.arange(plan.size)
+                plan = plan[(pos < keep) & (pos % self.world_size == self.rank)]
+                acc["bg"] += int(plan["background"].sum())
+                acc["n"] += plan.size
+                coords = np.stack(np.unravel_index(plan["region"], sp.grid_shape), axis=1) - lo
+                np.add.at(visits, np.ravel_multi_index(tuple(coords.T), background.shape), 1)
+            bg, eligible = background.ravel(), expected.ravel() > 0
+            acc["regions"] += bg.size
+            acc["eligible"] += int(eligible.sum())
+            acc["never"] += int(((visits == 0) & eligible).sum())
+            acc["kept_sum"] += int(visits[~bg].sum())
+            acc["kept_n"] += int((~bg).sum())
+            acc["bg_sum"] += int(visits[bg].sum())
+            acc["bg_n"] += int(bg.sum())
+            acc["max"] = max(acc["max"], int(visits.max(initial=0)))
+            h = np.bincount(visits[eligible])
+            hist = np.pad(hist, (0, max(0, h.size - hist.size)))
+            hist[: h.size] += h
         reads = self._reads.totals()
         patches, hits, misses = reads["patches"], reads["hits"], reads["misses"]
         nbytes = reads["bytes_read"]
         return {
-            "epochs": max(int(epochs), 1),
-            "patches": n,
+            "epochs": n_ep,
+            "patches": acc["n"],
             "expected_background_fraction": sp.expected_background_fraction(),
-            "realized_background_fraction": bg / n if n else 0.0,
+            "realized_background_fraction": acc["bg"] / acc["n"] if acc["n"] else 0.0,
             "visits": {
-                "regions": int(visits.size),
-                "eligible_regions": int(eligible.sum()),
-                "never_visited_eligible": int(((visits == 0) & eligible).sum()),
-                "kept_mean": float(visits[~flat_bg].mean()) if (~flat_bg).any() else 0.0,
-                "background_mean": float(visits[flat_bg].mean()) if flat_bg.any() else 0.0,
-                "max": int(visits.max(initial=0)),
-                "quantiles": dict(
-                    zip(
-                        ("p5", "p50", "p95"),
-                        (float(q) for q in np.percentile(visits[eligible], [5, 50, 95]))
-                        if eligible.any()
-                        else (0.0, 0.0, 0.0),
-                        strict=True,
-                    )
-                ),
+                "regions": acc["regions"],
+                "eligible_regions": acc["eligible"],
+                "never_visited_eligible": acc["never"],
+                "kept_mean": acc["kept_sum"] / acc["kept_n"] if acc["kept_n"] else 0.0,
+                "background_mean": acc["bg_sum"] / acc["bg_n"] if acc["bg_n"] else 0.0,
+                "max": acc["max"],
+                "quantiles": _hist_quantiles(hist, (5, 50, 95)),
             },
             "patches_read": int(patches),
             "bytes_read_per_patch": nbytes / patches if patches else 0.0,
@@ -560,3 +564,19 @@ class PatchDataset(IterableDataset):
         from patchsieve.dataset._loader import PatchLoader
 
         return PatchLoader(self, **kwargs)
+
+
+def _hist_quantiles(hist: np.ndarray, qs: Sequence[float]) -> dict[str, float]:
+    """``np.percentile`` (linear interpolation) of the values whose histogram is ``hist``."""
+    n = int(hist.sum())
+    if n == 0:
+        return {f"p{q}": 0.0 for q in qs}
+    cum = np.cumsum(hist)
+    out = {}
+    for q in qs:
+        pos = (n - 1) * q / 100.0
+        lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+        v_lo = int(np.searchsorted(cum, lo, side="right"))
+        v_hi = int(np.searchsorted(cum, hi, side="right"))
+        out[f"p{q}"] = float(v_lo + (v_hi - v_lo) * (pos - lo))
+    return out

@@ -3,8 +3,10 @@ the side-car it samples from, and the readers of its source and target."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,13 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 
+import patchsieve.config  # noqa: F401 - every dataset reads its side-car's filter config
 from patchsieve.dataset._chunks import _ChunkReader
 from patchsieve.errors import ConfigError, SidecarIncompleteError, SidecarMismatchError
-from patchsieve.sampling import MODES
+from patchsieve.sampling import MODES, StreamingPatching
 from patchsieve.sidecar import Sidecar, open_sidecar
 from patchsieve.volume import same_location
 
 logger = logging.getLogger(__name__)
+
+#: decoded storage chunks of the side-car's decisions kept per process (tiles are cut from them)
+DECISION_CACHE_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -239,3 +245,155 @@ def target_reader(opts: SourceOptions, shape: Mapping[str, int], target_channels
             f"{type(target).__name__}.")
     reader.array()
     return reader, tch
+
+
+class DecisionReader:
+    """``read(sample, lo, hi)``: boxes of a side-car's ``filter_out`` decisions, for the
+    streamed sampler. Picklable: the side-car is opened again (by path) in another process.
+
+    Small boxes (tiles) are assembled from whole storage chunks of the decisions kept in an LRU
+    cache (:data:`DECISION_CACHE_BYTES`): one zarr read per chunk, not per tile. With
+    :attr:`validate` (set once the sampler is built) a chunk's stored weights are checked the
+    first time the chunk is read (:meth:`check_weights`): every patch comes from regions whose
+    weights were checked, without a pass over the whole weight array.
+    """
+
+    def __init__(self, sc: Sidecar, name: str, background_weight: float):
+        self.path, self.name = str(sc.path), name
+        self.storage_options = sc.storage_options
+        self.background_weight = float(background_weight)
+        self.validate = False
+        self.n_sample_dims = len(sc.sample_dims)
+        self.sample_shape = tuple(sc.sample_shape)
+        self._sc: Sidecar | None = sc
+        self._pid: int | None = os.getpid()
+        self._cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._cached = 0
+        self._arr: Any = None
+        self._checked: set[tuple[int, ...]] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_sc": None, "_pid": None, "_cache": OrderedDict(), "_cached": 0,
+                "_arr": None}
+
+    def _sidecar(self) -> Sidecar:
+        if self._sc is None or self._pid != os.getpid():
+            self._sc = open_sidecar(self.path, storage_options=self.storage_options)
+            self._pid = os.getpid()
+            self._cache, self._cached, self._arr = OrderedDict(), 0, None
+        return self._sc
+
+    def _array(self) -> Any:
+        """The decisions' zarr array (opened once per process)."""
+        sc = self._sidecar()
+        if self._arr is None:
+            self._arr = sc.decision_array(self.name)
+        return self._arr
+
+    def _index(self, sample: int) -> tuple[int, ...]:
+        return tuple(int(i) for i in np.unravel_index(int(sample), self.sample_shape)) \
+            if self.sample_shape else ()
+
+    def __call__(self, sample: int, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        arr = self._array()
+        n = int(np.prod([b - a for a, b in zip(lo, hi, strict=True)]))
+        if not self.validate or n * 16 > DECISION_CACHE_BYTES:
+            # the start-up count (slabs, read once) or a huge box: read through, cache nothing
+            return self._sidecar().decision_block(self.name, sample, lo, hi)
+        idx = self._index(sample)
+        ch = arr.chunks
+        ns = self.n_sample_dims
+        full = (*idx, *lo), (*[i + 1 for i in idx], *hi)
+        ranges = [range(a // c, (b - 1) // c + 1) for a, b, c in zip(*full, ch, strict=True)]
+        out = np.empty([b - a for a, b in zip(lo, hi, strict=True)], bool)
+        for key in itertools.product(*ranges):
+            block = self._chunk(arr, key)
+            src, dst = [], []
+            for d, k in enumerate(key):
+                start = k * ch[d]
+                a, b = max(full[0][d], start), min(full[1][d], start + block.shape[d])
+                src.append(a - start if d < ns else slice(a - start, b - start))
+                if d >= ns:
+                    dst.append(slice(a - full[0][d], b - full[0][d]))
+            out[tuple(dst)] = block[tuple(src)]
+        return out
+
+    def _chunk(self, arr: Any, key: tuple[int, ...]) -> np.ndarray:
+        block = self._cache.get(key)
+        if block is not None:
+            self._cache.move_to_end(key)
+            return block
+        sl = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in
+                   zip(key, arr.chunks, arr.shape, strict=True))
+        block = np.asarray(arr[sl], dtype=bool)
+        if self.validate and key not in self._checked:
+            self._check_box(sl, block)
+            self._checked.add(key)
+        self._cache[key] = block
+        self._cached += block.nbytes
+        while self._cached > DECISION_CACHE_BYTES and len(self._cache) > 1:
+            self._cached -= self._cache.popitem(last=False)[1].nbytes
+        return block
+
+    def check_weights(self, sample: int, lo: Sequence[int], hi: Sequence[int]) -> None:
+        """Raise unless the stored weights of the box are 1 (kept) or ``filtered_patch_prob``
+        (background), as the sampler assumes."""
+        idx = self._index(sample)
+        sl = (*idx, *[slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)])
+        fo = np.asarray(self._array()[sl], dtype=bool)
+        self._check_box(sl, fo)
+
+    def _check_box(self, sl: tuple[Any, ...], fo: np.ndarray) -> None:
+        w = np.asarray(self._sidecar().decision_array(self.name, "weight")[sl], np.float64)
+        where = f"regions {sl}"
+        if not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):
+            bad = w[~(np.isfinite(w) & (w >= 0) & (w <= 1))].ravel()[:3].tolist()
+            raise ConfigError(
+                f"side-car {self.path!r}, filter {self.name!r}: region weights must lie in [0, 1] "
+                f"(relative probabilities); {where} hold {bad}. Fix: recompute the decisions "
+                "(`patchsieve compute` or `patchsieve.analysis.apply_threshold`).")
+        if not np.array_equal(w, np.where(fo, self.background_weight, 1.0)):
+            raise SidecarMismatchError(
+                f"side-car {self.path!r}, filter {self.name!r}: {where} have weights other than "
+                f"1 (kept) / filtered_patch_prob={self.background_weight} (background). Fix: "
+                "recompute the decisions (`patchsieve compute` or "
+                "`patchsieve.analysis.apply_threshold`).")
+
+
+def make_sampler(sc: Sidecar, name: str, sampling: SamplingOptions,
+                 chunk_shape: Sequence[int]) -> StreamingPatching:
+    """The streamed CAREamics sampler over the side-car's decisions (read block by block),
+    checked against the side-car's stored per-sample totals and (box by box) weights."""
+    pf = float(sc.config(name).filtered_patch_prob)
+    rows = int(sc.decision_array(name).chunks[len(sc.sample_dims)])
+    reader = DecisionReader(sc, name, pf)
+    sp = StreamingPatching(
+        [sc.shape[d] for d in sc.spatial_dims], [sc.patch_size[d] for d in sc.spatial_dims],
+        reader, n_samples=sc.n_samples, background_weight=pf,
+        mode=sampling.mode, seed=sampling.seed, epoch_length=sampling.epoch_length,  # type: ignore[arg-type]
+        chunk_shape=chunk_shape, decision_rows=rows)
+    _check_totals(sc, name, sp, pf)
+    reader.check_weights(*sp.tile_box(0))  # fail fast; later every tile read is checked
+    reader.validate = True
+    return sp
+
+
+def _check_totals(sc: Sidecar, name: str, sp: StreamingPatching, pf: float) -> None:
+    """The decisions read block by block must agree with the side-car's stored totals."""
+    totals = sc.sample_totals(name)
+    n_bg = np.asarray(totals["n_background"]).reshape(-1)
+    n_regions = np.asarray(totals["n_regions"]).reshape(-1)
+    expected_w = (n_regions - n_bg) + n_bg * pf
+    problems = []
+    if not np.array_equal(n_bg, sp.n_background):
+        problems.append(f"n_background {n_bg.tolist()[:4]} vs {sp.n_background.tolist()[:4]} counted")
+    if not np.allclose(np.asarray(totals["weight_sum"]).reshape(-1), expected_w, rtol=1e-9):
+        problems.append("weights other than 1 (kept) / filtered_patch_prob (background)")
+    if sp.mode == "per_epoch" and not np.array_equal(
+            np.asarray(totals["n_patches_per_epoch"]).reshape(-1), sp.n_patches_per_sample):
+        problems.append("n_patches_per_epoch differs from CAREamics' count of the decisions")
+    if problems:
+        raise SidecarMismatchError(
+            f"side-car {sc.path!r}, filter {name!r}: {'; '.join(problems)}. Fix: recompute the "
+            "side-car (`patchsieve compute ... --overwrite`) or change its threshold with "
+            "`patchsieve.analysis.apply_threshold`, which rewrite decisions and totals together.")

@@ -13,6 +13,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from patchsieve.errors import ConfigError
 from patchsieve.grid import grid_extent
+from patchsieve.sampling._packing import expand_segments, pack_groups
 
 logger = logging.getLogger(__name__)
 
@@ -128,34 +129,6 @@ def careamics_n_patches(
 
 
 # --------------------------------------------------------------------------- bin packing
-class _Buckets:
-    """Bins grouped by their (exact) remaining capacity: value -> sorted bin indices."""
-
-    def __init__(self, value: float, n_bins: int):
-        self.d: dict[Any, NDArray[np.int64]] = {value: np.arange(n_bins, dtype=np.int64)}
-
-    def add(self, value: Any, bins: NDArray[np.int64]) -> None:
-        if bins.size == 0:
-            return
-        old = self.d.get(value)
-        self.d[value] = bins if old is None else np.sort(np.concatenate([old, bins]), kind="stable")
-
-    def take(self, value: Any, k: int) -> NDArray[np.int64]:
-        arr = self.d[value]
-        out, rest = arr[:k], arr[k:]
-        if rest.size:
-            self.d[value] = rest
-        else:
-            del self.d[value]
-        return out
-
-    def shift(self, inc: Any) -> None:
-        old = self.d
-        self.d = {}
-        for v, arr in old.items():
-            self.add(v + inc, arr)
-
-
 def pack_regions(adjusted: ArrayLike, is_int: ArrayLike, n_bins: int) -> tuple[int, NDArray[np.int64]]:
     """CAREamics' ``_region_bin_packing`` (best-fit decreasing, growing capacity), vectorised.
 
@@ -200,89 +173,16 @@ def pack_regions(adjusted: ArrayLike, is_int: ArrayLike, n_bins: int) -> tuple[i
     order = np.argsort(-values, kind="stable")
     svals = values[order]
     sints = ints[order]
-    int_mode = bool(ints[int(np.flatnonzero(values == values.max())[0])])
-    cap: Any = int(svals[0]) if int_mode else float(svals[0])
-    buckets = _Buckets(cap, n_bins)
-    assign = np.empty(n, dtype=np.int64)
+    int_mode = bool(sints[0])  # the first largest region (stable order)
     edges = np.flatnonzero(np.diff(svals)) + 1
-    starts = np.concatenate([[0], edges]).tolist()
-    ends = np.concatenate([edges, [n]]).tolist()
-    for start, end in zip(starts, ends, strict=True):
-        group_int = bool(sints[start:end].all())
-        a: Any = int(svals[start]) if (int_mode and group_int) else float(svals[start])
-        cap, int_mode = _pack_group(buckets, assign, start, end, a, cap, int_mode, group_int)
+    starts = np.concatenate([[0], edges])
+    counts = np.diff(np.concatenate([starts, [n]]))
+    group_int = np.logical_and.reduceat(sints, starts)
+    cap, segments = pack_groups(svals[starts].tolist(), group_int.tolist(), counts.tolist(),
+                                int(n_bins), int_mode=int_mode)
     bin_of_region = np.empty(n, dtype=np.int64)
-    bin_of_region[order] = assign
+    bin_of_region[order] = np.concatenate(expand_segments(segments, counts.tolist()))
     return int(math.ceil(cap)), bin_of_region
-
-
-def _sub(v: Any, a: Any, int_mode: bool) -> Any:
-    return int(v - a) if int_mode else v - a
-
-
-def _pack_group(
-    buckets: _Buckets,
-    assign: NDArray[np.int64],
-    pos: int,
-    end: int,
-    a: Any,
-    cap: Any,
-    int_mode: bool,
-    group_int: bool,
-) -> tuple[Any, bool]:
-    while pos < end:
-        q = end - pos
-        diffs = {v: v - a for v in buckets.d}
-        elig = {v: d for v, d in diffs.items() if d >= 0}
-        if not elig:  # grow the capacity of every bin (CAREamics: argmax of remaining capacity)
-            vmax = max(buckets.d)
-            inc = a - vmax
-            if int_mode and not isinstance(inc, int):
-                logger.debug("bin packing: fractional capacity growth; continuing in float64")
-                int_mode = False
-                buckets.d = {float(v): arr for v, arr in buckets.d.items()}
-                cap, vmax, a, inc = float(cap), float(vmax), float(a), float(a) - float(vmax)
-            cap = cap + inc
-            buckets.shift(inc)
-            v = vmax + inc
-            j = buckets.take(v, 1)
-            buckets.add(_sub(v, a, int_mode), j)
-            assign[pos] = j[0]
-            pos += 1
-            continue
-        dmin = min(elig.values())
-        cands = [v for v, d in elig.items() if d == dmin]
-        if len(cands) > 1:  # equal fit from different capacities: lowest bin index wins
-            v = min(cands, key=lambda c: buckets.d[c][0])
-            j = buckets.take(v, 1)
-            buckets.add(_sub(v, a, int_mode), j)
-            assign[pos] = j[0]
-            pos += 1
-            continue
-        v = cands[0]
-        # successive capacities of one bin filled from v: seq[k] after k items
-        seq = [v]
-        if a == 0:
-            seq.append(v)
-            t = q
-        else:
-            while len(seq) - 1 < q and seq[-1] - a >= 0:
-                seq.append(_sub(seq[-1], a, int_mode))
-            t = len(seq) - 1
-        m = buckets.d[v].size
-        full = min(m, q // t)
-        if full:
-            bins = buckets.take(v, full)
-            assign[pos : pos + full * t] = np.repeat(bins, t)
-            pos += full * t
-            buckets.add(seq[t] if a != 0 else v, bins)
-        rest = end - pos
-        if full < m and 0 < rest < t:
-            j = buckets.take(v, 1)
-            assign[pos : pos + rest] = j[0]
-            pos += rest
-            buckets.add(seq[rest] if a != 0 else v, j)
-    return cap, int_mode
 
 
 # --------------------------------------------------------------------------- sampler

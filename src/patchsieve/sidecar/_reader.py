@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,11 @@ class Sidecar:
             )
         self.attrs: dict[str, Any] = dict(meta)
         self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """The fsspec options this side-car was opened with (a copy; never stored in it)."""
+        return dict(self._storage_options)
 
     # ---- geometry
     @property
@@ -243,6 +248,53 @@ class Sidecar:
         self._check_filter(name)
         w = self._per_sample(decision_key(name, "weight")).astype(np.float64)
         return w
+
+    # ---- block-wise access (nothing of the whole grid is loaded)
+    def decision_array(self, name: str, what: str = "filter_out") -> zarr.Array:
+        """The stored array ``what`` (``filter_out`` or ``weight``) of filter ``name``, unread:
+        shape ``(*sample_shape, *grid_shape)``, read block by block (:meth:`decision_block`).
+
+        Raises
+        ------
+        SidecarIncompleteError
+            The side-car lacks the array.
+        """
+        self._check_filter(name)
+        if what not in ("filter_out", "weight"):
+            raise ConfigError(f"what must be 'filter_out' or 'weight'; got {what!r}.")
+        key = decision_key(name, what)
+        try:
+            arr = self._group[key]
+        except KeyError as err:
+            raise SidecarIncompleteError(
+                f"side-car {self.path!r} lacks array {key!r}. Fix: rerun `patchsieve compute` "
+                "on the same output to complete it.") from err
+        return arr  # type: ignore[return-value]
+
+    def decision_block(self, name: str, sample: int, lo: Sequence[int], hi: Sequence[int],
+                       what: str = "filter_out") -> np.ndarray:
+        """The regions ``[lo, hi)`` (spatial grid coordinates) of flat sample ``sample`` of the
+        decision array ``what`` of filter ``name``: bool for ``filter_out``, float64 for
+        ``weight``. Reads only the storage chunks the box touches.
+
+        Examples
+        --------
+        >>> sc = open_sidecar(path)  # doctest: +SKIP
+        >>> sc.decision_block("max", 0, (0, 0), (2, 3)).shape  # doctest: +SKIP
+        (2, 3)
+        """
+        arr = self.decision_array(name, what)
+        index = np.unravel_index(int(sample), self.sample_shape) if self.sample_shape else ()
+        sel = (*[int(i) for i in index],
+               *[slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)])
+        try:
+            block = np.asarray(arr[sel])
+        except Exception as err:  # noqa: BLE001 - codec / storage errors of a damaged side-car
+            raise SidecarError(
+                f"side-car {self.path!r}: array {decision_key(name, what)!r} cannot be read "
+                f"({type(err).__name__}: {safe_message(err)}). Fix: recompute it with "
+                "`patchsieve compute ... --overwrite`.") from err
+        return block.astype(bool) if what == "filter_out" else block.astype(np.float64)
 
     def sample_totals(self, name: str) -> dict[str, np.ndarray]:
         """Per-sample totals the sampler needs: n_regions, n_background, weight_sum, n_patches_per_epoch."""

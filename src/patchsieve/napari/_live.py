@@ -245,7 +245,13 @@ class LiveThreshold:
 
 
 class _LiveSidecar(Sidecar):
-    """A side-car whose decisions for one filter are replaced in memory (nothing written)."""
+    """A side-car whose decisions for one filter are replaced in memory (nothing written).
+
+    The replacement is served through every reader method the sampler uses: ``filter_out`` and
+    ``weights`` (whole arrays), ``decision_array`` / ``decision_block`` (block by block, from
+    in-memory zarr arrays chunked like the stored ones) and ``sample_totals`` (recounted), so
+    :class:`~patchsieve.dataset.PatchDataset` at ``num_workers=0`` samples the live threshold.
+    """
 
     def __init__(self, base: Sidecar, source: str, name: str, filter_out: NDArray[np.bool_],
                  p: float, storage_options: Any):
@@ -257,6 +263,25 @@ class _LiveSidecar(Sidecar):
         self._live_fo = np.asarray(filter_out, dtype=bool)
         self._live_w = np.where(self._live_fo, p, 1.0)
         self._live_source = source
+        shape = (*self.sample_shape, *self.grid_shape)
+        self._live_arrays: dict[str, Any] = {}
+        for what, values in (("filter_out", self._live_fo), ("weight", self._live_w)):
+            stored = super().decision_array(name, what)
+            arr = zarr.create_array(zarr.storage.MemoryStore(), shape=shape,
+                                    chunks=stored.chunks, dtype=values.dtype)
+            arr[...] = values.reshape(shape)
+            self._live_arrays[what] = arr
+        stored_totals = super().sample_totals(name)
+        n_bg = self._live_fo.reshape(self.n_samples, -1).sum(axis=1).astype(np.int64)
+        self._live_totals = {
+            "n_regions": stored_totals["n_regions"],
+            "n_background": n_bg,
+            "weight_sum": self._live_w.reshape(self.n_samples, -1).sum(axis=1),
+            "n_patches_per_epoch": epoch_patches(
+                self._live_w.reshape((self.n_samples, *self.grid_shape)),
+                [self.shape[d] for d in self.spatial_dims],
+                [self.patch_size[d] for d in self.spatial_dims]),
+        }
 
     @property
     def source(self) -> str:  # the located source (it may have moved; fingerprint checked)
@@ -271,6 +296,16 @@ class _LiveSidecar(Sidecar):
         if name == self._live_name:
             return self._live_w.copy()
         return super().weights(name)
+
+    def decision_array(self, name: str, what: str = "filter_out") -> Any:
+        if name == self._live_name and what in self._live_arrays:
+            return self._live_arrays[what]
+        return super().decision_array(name, what)
+
+    def sample_totals(self, name: str) -> dict[str, np.ndarray]:
+        if name == self._live_name:
+            return {k: np.array(v, copy=True) for k, v in self._live_totals.items()}
+        return super().sample_totals(name)
 
 
 def live_sidecar(scene: SidecarScene, name: str, filter_out: NDArray[np.bool_],

@@ -35,8 +35,8 @@ CELL_SETS = {"base": "cells", "moments": "cells/moments", "mask": "cells/mask"}
 CACHE_BYTES = 256 * 2**20
 #: source bytes one task reads at most (a group of neighbouring blocks of one tile)
 TASK_BYTES = 16 * 2**20
-#: most blocks in one task
-MAX_GROUP = 64
+#: most blocks in one task (resume and progress granularity of small chunks)
+MAX_GROUP = 16
 #: values per chunk of the side-car arrays the pass writes (tile-aligned)
 SIDECAR_CHUNK_VALUES = 1 << 16
 

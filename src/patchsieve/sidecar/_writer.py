@@ -24,7 +24,7 @@ import zarr
 from patchsieve._version import __version__
 from patchsieve.errors import PatchsieveError, SidecarMismatchError, StorageError
 from patchsieve.grid import VolumeGeometry
-from patchsieve.sidecar._decisions import cover_cells, update_decisions
+from patchsieve.sidecar._decisions import update_decisions
 from patchsieve.sidecar._format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -255,9 +255,8 @@ class SidecarWriter:
 
             geometry = VolumeGeometry.from_attrs(meta["geometry"], meta.get("source"))
             for name in configs:
-                fo = np.asarray(self.group[decision_key(name, "filter_out")][...], dtype=bool)
                 write_labels(self.group, name, volume, geometry,
-                             cover_cells(~fo, geometry.cell_shape))
+                             self.group[decision_key(name, "filter_out")])
             meta["status"]["labels"] = "complete"
             meta["labels"] = sorted(configs)
         meta["complete"] = True
@@ -358,7 +357,7 @@ class BlockLog:
                 buf[tuple(dst)] = v[tuple(src)]
                 self.dirty.add((k, cidx))
         self.pending.append(idx)
-        if (len(self.pending) >= FLUSH_EVERY_BLOCKS
+        if (len(self.pending) >= FLUSH_EVERY_BLOCKS or not self.flushes
                 or time.monotonic() - self.last >= FLUSH_EVERY_S):
             self.flush()
 

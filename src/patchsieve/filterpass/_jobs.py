@@ -8,7 +8,6 @@ region reaches) per chunk of the statistic's array.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,6 +33,7 @@ from patchsieve.sidecar import (
     BlockLog,
     SidecarWriter,
     canonical_hash,
+    chunk_boxes,
     progress_key,
     stats_key,
 )
@@ -114,13 +114,6 @@ class CellsJob:
         self.log.put(block.index, block.cell_out, values)
 
 
-def chunk_windows(arr: Any, lead: int = 0) -> Iterator[tuple[slice, ...]]:
-    """The chunk boxes of ``arr`` (all axes but the first ``lead`` ones), in order."""
-    shape, chunks = arr.shape[lead:], arr.chunks[lead:]
-    for idx in itertools.product(*(range(-(-n // c)) for n, c in zip(shape, chunks))):
-        yield tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, chunks, shape))
-
-
 def derive_cell_stats(writer: SidecarWriter, plan: BlockPlan, geom: VolumeGeometry,
                       todo: Sequence[str], border: str, dtype: Any) -> None:
     """Write ``stats/<s>`` of the cell statistics from the (complete) cell partials, one chunk
@@ -133,7 +126,7 @@ def derive_cell_stats(writer: SidecarWriter, plan: BlockPlan, geom: VolumeGeomet
     arrays = {st: writer.array(stats_key(st), region_shape, plan.sidecar_chunks("regions"),
                                "float64", fill_value=np.nan, grow=False) for st in todo}
     first = arrays[todo[0]]
-    for box in chunk_windows(first):
+    for box in chunk_boxes(first):
         vals = cell_window_stats(g, geom, todo, box[:n_s], box[n_s:], border, dtype)
         for st in todo:
             arrays[st][box] = vals[st]

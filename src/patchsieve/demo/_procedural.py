@@ -29,6 +29,7 @@ loses nothing it has written. :func:`served_chunks` adds the files of every proc
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -246,13 +247,32 @@ def _bank_now(spec: _Spec, tiles: bool = False) -> _Bank:
     return bank
 
 
+_BUILDER: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+_BUILDS: dict[tuple[str, bool], concurrent.futures.Future[_Bank]] = {}
+
+
+def _builder() -> concurrent.futures.ThreadPoolExecutor:
+    """The bank-building thread of this process (a forked child makes its own)."""
+    global _BUILDER
+    if _BUILDER is None or _BUILDER[0] != os.getpid():
+        _BUILDER = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="procedural-bank"))
+        _BUILDS.clear()
+    return _BUILDER[1]
+
+
 async def _bank(spec: _Spec, tiles: bool = False) -> _Bank:
-    """:func:`_bank_now` from inside an event loop: built in a worker thread while the loop
-    keeps running (zarr's calls need it)."""
+    """:func:`_bank_now` from inside an event loop: built once, in a thread of its own, while
+    the loop keeps running (zarr's calls need it; the loop's default executor may be busy)."""
     bank = _BANKS.get(spec.root)
     if bank is not None and (bank.tiles or not tiles):
         return bank
-    return await asyncio.get_running_loop().run_in_executor(None, _bank_now, spec, tiles)
+    with _BANK_LOCK:
+        pool = _builder()
+        fut = _BUILDS.get((spec.root, tiles))
+        if fut is None or (fut.done() and fut.exception() is not None):
+            fut = _BUILDS[(spec.root, tiles)] = pool.submit(_bank_now, spec, tiles)
+    return await asyncio.wrap_future(fut)
 
 
 class _Counter:

@@ -26,6 +26,7 @@ from patchsieve.errors import PatchsieveError, SidecarMismatchError, StorageErro
 from patchsieve.grid import VolumeGeometry
 from patchsieve.sidecar._decisions import update_decisions
 from patchsieve.sidecar._format import (
+    BLOCK_GRID,
     FORMAT_NAME,
     FORMAT_VERSION,
     LOCK_NAME,
@@ -143,6 +144,13 @@ class SidecarWriter:
             self.clear()  # keeps our lock
             self.open("a")
             existing = self._fresh_meta(volume, geometry, fingerprint, seed)
+        elif existing.get("block_grid") != BLOCK_GRID:
+            # begun by a version with other blocks: its markers mean other blocks
+            if "progress" in self.group:
+                logger.info("side-car %s was begun with other blocks; its incomplete parts are "
+                            "computed again", self.path)
+                del self.group["progress"]
+        existing["block_grid"] = BLOCK_GRID
         existing["filters"] = {**existing.get("filters", {}),
                                **{n: config_attrs(c) for n, c in configs.items()}}
         existing["stats"] = sorted(set(existing.get("stats", [])) | set(stats))

@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-import xarray as xr
 import zarr
 
 pytestmark = pytest.mark.cluster
@@ -287,3 +286,82 @@ def test_blocklog_writes_touched_chunks_only(tmp_path):
     v = vals[...]
     assert v[0, 0] == 7.0 and v[0, 15] == 1.0 and v[5, 95] == 2.0 and np.isnan(v[5, 0])
     assert marker[0, 1] == 1 and marker[5, 9] == 1 and int(np.asarray(marker[...]).sum()) == 2
+
+
+def test_sigkill_then_rerun_recomputes_only_blocks_without_a_marker(tmp_path):
+    """`patchsieve compute` SIGKILLed mid-run, then rerun: no block marked at the kill is read
+    again; at most the blocks in flight plus one marker flush are computed twice."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from patchsieve import open_sidecar
+    from patchsieve.demo import procedural_url, served_chunks
+    from patchsieve.filterpass._plan import MAX_GROUP
+    from patchsieve.filterpass._scheduler import TASKS_PER_THREAD
+    from patchsieve.sidecar._writer import FLUSH_EVERY_BLOCKS
+
+    url = procedural_url((64, 512, 1024), (4, 32, 32), seed=9)
+    counts, out = tmp_path / "counts", tmp_path / "k.patchsieve.zarr"
+    cmd = [sys.executable, "-m", "patchsieve.cli", "-q", "compute", url, "--filter", "mean_std",
+           "--threshold", "150", "--patch", "4,16,16", "-o", str(out), "--no-progress",
+           "--n-workers", "1", "--threads-per-worker", "2",
+           "--storage-options", json.dumps({"counts": str(counts)})]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+
+    def marked() -> np.ndarray:
+        try:
+            return np.asarray(zarr.open_group(str(out), mode="r")["progress"]["cells"][...])
+        except Exception:  # noqa: BLE001 - not written yet
+            return np.zeros(0)
+
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and marked().sum() < 600:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    at_kill = {tuple(int(i) for i in x) for x in np.argwhere(marked())}
+    served_1 = served_chunks(counts, url)
+    assert 600 <= len(at_kill) < 8192
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    served_2 = served_chunks(counts, url) - served_1
+    twice = set(served_1) & set(served_2)
+    picks = {tuple(int(i) for i in np.unravel_index(f, (16, 16, 32)))
+             for f in [0, 8191, *np.linspace(0, 8191, 8).astype(int)]}  # the fingerprint's
+    sc = open_sidecar(out)
+    picks |= {tuple(int(i) for i in np.unravel_index(f, (16, 16, 32)))
+              for f in sc.normalization()["sampled_chunks"]}
+    assert not (twice & at_kill) - picks, sorted((twice & at_kill) - picks)[:5]
+    assert len(twice - picks) <= TASKS_PER_THREAD * 2 * MAX_GROUP + FLUSH_EVERY_BLOCKS
+    assert set(served_1) | set(served_2) >= {tuple(i) for i in np.ndindex(16, 16, 32)}
+
+
+def test_patch_dataset_reads_a_procedural_volume(tmp_path, client):
+    """A side-car of a procedural URL feeds PatchDataset; its DataLoader workers re-open the URL
+    (fsspec entry point) and their reads are counted too."""
+    torch = pytest.importorskip("torch")
+
+    from patchsieve import PatchDataset, compute
+    from patchsieve.config import ShannonPatchFilterConfig
+    from patchsieve.demo import procedural_url, served_chunks
+
+    url = procedural_url((4, 128, 128), (1, 64, 64), axes="syx", seed=4)
+    counts = tmp_path / "counts"
+    so = {"counts": str(counts)}
+    sc = compute(url, ShannonPatchFilterConfig(threshold=7.0), (32, 32),
+                 tmp_path / "p.patchsieve.zarr", client=client, storage_options=so)
+    after_pass = served_chunks(counts, url)
+    assert set(after_pass) == {tuple(i) for i in np.ndindex(4, 2, 2)}
+    ds = PatchDataset(sidecar=sc.path, storage_options=so, seed=1)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2)
+    n = sum(int(b.shape[0]) for b in loader)
+    assert n == len(ds) > 0
+    assert sum((served_chunks(counts, url) - after_pass).values()) > 0

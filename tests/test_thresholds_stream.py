@@ -21,14 +21,14 @@ def _chunked(values: np.ndarray, chunk: int) -> zarr.Array:
 def test_quantile_and_otsu_equal_the_in_memory_ones(kind):
     from skimage.filters import threshold_otsu
 
-    rng = np.random.default_rng(hash(kind) % 2**32)
+    rng = np.random.default_rng(sum(map(ord, kind)))
+    make = {"normal": lambda n: rng.normal(size=n),
+            "few values": lambda n: rng.integers(0, 4, n).astype(float),
+            "rounded": lambda n: np.round(rng.exponential(size=n), 2),
+            "plateau": lambda n: np.where(rng.random(n) < 0.7, 2.5, rng.normal(size=n)),
+            "nan": lambda n: np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n))}[kind]
     for _ in range(25):
-        n = int(rng.integers(1, 2000))
-        v = {"normal": lambda: rng.normal(size=n),
-             "few values": lambda: rng.integers(0, 4, n).astype(float),
-             "rounded": lambda: np.round(rng.exponential(size=n), 2),
-             "plateau": lambda: np.where(rng.random(n) < 0.7, 2.5, rng.normal(size=n)),
-             "nan": lambda: np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n))}[kind]()
+        v = make(int(rng.integers(1, 2000)))
         arr = _chunked(v, int(rng.integers(1, 300)))
         f = v[np.isfinite(v)]
         if not f.size:

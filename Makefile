@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 DEMO_DIR ?= demo-data
 DEMO_OUT ?= demo-output
 
-.PHONY: venv test test-all test-quick test-napari napari-screenshot demo bench bench-large lint clean
+.PHONY: venv test test-all test-quick test-napari napari-screenshot demo bench bench-large bench-scale bench-scale-long lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@echo "== creating/refreshing $(VENV) with $(PY) (pins: $(CONSTRAINTS))"
@@ -56,6 +56,18 @@ bench: $(STAMP)
 ## free disk first and prints the command that deletes it (asks when run from a terminal)
 bench-large: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --large
+
+## make bench-scale: the streaming filter pass at 10 TB scale (benchmarks/bench_scale.py, ~50 min
+## here): 11 TB metadata-only start-up, 10 TB procedural resume after Ctrl-C and SIGKILL, wide
+## planes, a full 256 GiB MeanStd pass, suggest-threshold --apply on 84 M regions, per-chunk
+## costs; no disk beyond a few GB of scratch (procedural volumes)
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py
+
+## make bench-scale-long: the real-cluster run (dask scheduler + 3 workers, 64 GiB, a worker
+## SIGKILLed, compared with an in-process run; ~15 min here) after the bench-scale sections
+bench-scale-long: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py --sections startup,resume,wide,full,apply,costs,cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

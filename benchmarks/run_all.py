@@ -43,6 +43,8 @@ BENCH_DIR = H.BENCH_DIR
 #: benchmarks run by ``--large`` (the out-of-core set); the default run leaves them out.
 #: ``--only NAME --large`` still runs another script's own ``--large`` mode.
 LARGE_SET = ("large",)
+#: run only when named (``--only scale``, ``make bench-scale``): an hour of 10 TB-scale runs
+SCALE_SET = ("scale",)
 #: the large cached volume of the out-of-core set (``benchmarks/data.py``)
 LARGE_VOLUME = "large-ram"
 
@@ -56,6 +58,7 @@ def discover(only: list[str] | None = None, large: bool | None = None) -> list[P
     """
     scripts = sorted(BENCH_DIR.glob("bench_*.py"))
     if not only:
+        scripts = [p for p in scripts if p.stem.removeprefix("bench_") not in SCALE_SET]
         if large is None:
             return scripts
         return [p for p in scripts if (p.stem.removeprefix("bench_") in LARGE_SET) == large]

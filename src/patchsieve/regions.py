@@ -65,6 +65,7 @@ __all__ = [
     "filter_map_from_stats",
     "filter_out_from_stats",
     "region_block_array",
+    "region_block_stats",
     "region_stats",
     "required_stats",
     "stat_names",
@@ -178,6 +179,40 @@ def _block_stats(
     res = compute_stats(slab, patch_size, n, list(stats), border)
     out = np.stack([res[s].reshape((*sample_shape, *n)) for s in stats])
     return out
+
+
+def region_block_stats(
+    block: np.ndarray,
+    *,
+    patch_size: tuple[int, ...],
+    n: tuple[int, ...],
+    stats: Sequence[str],
+    border: Border = "careamics",
+    n_sample_dims: int = 0,
+    origin: tuple[int, ...] = (),
+    dims: tuple[str, ...] = (),
+) -> NDArray[np.float64]:
+    """Statistics of one region block: the pixels of ``n`` regions per spatial axis.
+
+    ``block`` is ``(*sample, *spatial)`` and starts at the origin of its first region; it holds
+    the regions' pixels up to the image end (zero padding beyond, as CAREamics). This is what
+    each task of :func:`region_block_array` (and of the streaming filter pass) computes; NaN/inf
+    values are reported with their position (``origin`` + index, by ``dims``).
+
+    Returns
+    -------
+    numpy.ndarray of float64, ``(len(stats), *sample, *n)``
+
+    Examples
+    --------
+    >>> blk = np.arange(32, dtype="uint16").reshape(4, 8)
+    >>> region_block_stats(blk, patch_size=(2, 4), n=(2, 1), stats=["mean"]).tolist()
+    [[[15.5], [11.75]]]
+    """
+    return _block_stats(block, patch_size=tuple(int(p) for p in patch_size),
+                        n=tuple(int(k) for k in n), stats=tuple(stats), border=border,
+                        n_sample_dims=int(n_sample_dims), origin=tuple(origin),
+                        dims=tuple(dims), is_mask=False)
 
 
 def _blocks_for(

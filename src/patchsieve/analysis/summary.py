@@ -189,12 +189,13 @@ def brief_summary(sidecar: Any, *, storage_options: Mapping[str, Any] | None = N
     sc = _as_sidecar(sidecar, storage_options)
     filters = {}
     for name in sc.filter_names:
-        fo = sc.filter_out(name)
+        # the per-sample totals, not the region arrays: a side-car may hold 10**8 regions
         tot = sc.sample_totals(name)
+        n, bg = int(tot["n_regions"].sum()), int(tot["n_background"].sum())
         filters[name] = {
-            "regions": int(fo.size),
-            "background": int(fo.sum()),
-            "background_fraction": float(fo.mean()) if fo.size else 0.0,
+            "regions": n,
+            "background": bg,
+            "background_fraction": bg / n if n else 0.0,
             "patches_per_epoch": int(tot["n_patches_per_epoch"].sum()),
         }
     return {"sidecar": sc.path, "source": sc.source, "complete": bool(sc.is_complete),

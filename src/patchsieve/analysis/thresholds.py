@@ -15,14 +15,21 @@ from patchsieve.analysis._common import (
     BACKGROUND_COLOUR,
     KEPT_COLOUR,
     _as_sidecar,
-    _candidate_thresholds,
     _stat_label,
     _with_threshold,
     threshold_field,
 )
 from patchsieve.errors import ConfigError, DataError
 from patchsieve.regions import filter_out_from_stats
-from patchsieve.sidecar import Sidecar, SidecarWriter, config_attrs
+from patchsieve.sidecar import (
+    Sidecar,
+    SidecarWriter,
+    config_attrs,
+    decision_key,
+    iter_chunks,
+    stats_key,
+    stored_array,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -95,7 +102,9 @@ def suggest_threshold(
 
     Notes
     -----
-    Sorting the values dominates: about 0.1 s per million regions.
+    The statistics are read chunk by chunk (memory does not grow with the side-car): Otsu from
+    the same 256-bin histogram ``skimage.filters.threshold_otsu`` makes, the quantile from a
+    few histogram passes narrowing in on the value at the target share.
     """
     sc = _as_sidecar(sidecar, storage_options)
     name = sc.resolve_filter(filter)
@@ -103,27 +112,29 @@ def suggest_threshold(
     ndim = len(sc.spatial_dims)
     field, stat = threshold_field(cfg, ndim, stat)
     method = method or ("quantile" if background_fraction is not None else "otsu")
-    all_stats = sc.stats
-    values = np.asarray(all_stats[stat], np.float64)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
+    values = stored_array(sc, stats_key(stat))
+    n_finite, lo, hi = _finite_range(values)
+    if n_finite == 0:
         raise DataError(f"side-car {sc.path!r} holds no finite {stat!r} values for {name!r}.")
     if method == "otsu":
         if background_fraction is not None:
             raise ConfigError("pass either background_fraction or method='otsu', not both.")
-        if np.ptp(finite) == 0:
+        if hi == lo:
             raise DataError(
-                f"all {finite.size} regions have {stat} = {finite[0]}; Otsu needs two classes. "
+                f"all {n_finite} regions have {stat} = {lo}; Otsu needs two classes. "
                 "Fix: use background_fraction= (--background-fraction) instead.")
         from skimage.filters import threshold_otsu
 
-        thr = float(threshold_otsu(finite))
+        counts = _histogram(values, 256, lo, hi)
+        edges = np.linspace(lo, hi, 257)
+        # the histogram threshold_otsu(values) would make (same range, same bins)
+        thr = float(threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0)))
     elif method == "quantile":
         if background_fraction is None or not 0.0 <= float(background_fraction) <= 1.0:
             raise ConfigError(
                 f"background_fraction must be in [0, 1] for method='quantile'; got "
                 f"{background_fraction!r}. Fix: e.g. background_fraction=0.7.")
-        thr = _candidate_thresholds(finite, float(background_fraction))
+        thr = _quantile_threshold(values, n_finite, lo, hi, float(background_fraction))
     else:
         raise ConfigError(f"method must be 'otsu' or 'quantile'; got {method!r}.")
     if field == "coverage":
@@ -131,19 +142,140 @@ def suggest_threshold(
     elif cfg.name != "max":  # entropy, mean and std thresholds are non-negative
         thr = max(thr, 0.0)
     new_cfg = _with_threshold(cfg, field, thr)
-    needed = {k: all_stats[k] for k in all_stats}
-    fo_new = filter_out_from_stats(new_cfg, needed, ndim=ndim)
-    fo_old = sc.filter_out(name)
-    n = int(fo_new.size)
+    n, bg_new = _background(sc, new_cfg, ndim)
+    bg_old = sum(int(np.count_nonzero(v))
+                 for _, v in iter_chunks(stored_array(sc, decision_key(name, "filter_out"))))
     return ThresholdSuggestion(
         filter=name, stat=stat, field=field, method=method, threshold=thr,
-        background_fraction=float(fo_new.sum()) / n, kept_fraction=float((~fo_new).sum()) / n,
+        background_fraction=float(bg_new) / n, kept_fraction=float(n - bg_new) / n,
         n_regions=n,
         target_background_fraction=None if background_fraction is None
         else float(background_fraction),
-        current_threshold=getattr(cfg, field, None), current_background_fraction=float(fo_old.mean()),
+        current_threshold=getattr(cfg, field, None), current_background_fraction=bg_old / n,
         config=config_attrs(new_cfg),
     )
+
+
+def _finite_range(arr: Any) -> tuple[int, float, float]:
+    """Number, minimum and maximum of the finite values of a side-car array (chunk by chunk)."""
+    n, lo, hi = 0, np.inf, -np.inf
+    for _, v in iter_chunks(arr):
+        v = v[np.isfinite(v)]
+        if v.size:
+            n += int(v.size)
+            lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    return n, lo, hi
+
+
+def _histogram(arr: Any, bins: int, lo: float, hi: float) -> np.ndarray:
+    """``np.histogram`` of the finite values over ``[lo, hi]``, chunk by chunk (the same counts
+    as one call on all values: a value's bin depends on the edges only)."""
+    counts = np.zeros(bins, dtype=np.int64)
+    for _, v in iter_chunks(arr):
+        v = v[np.isfinite(v)]
+        if v.size:
+            counts += np.histogram(v, bins=bins, range=(lo, hi))[0]
+    return counts
+
+
+def _in_range(v: np.ndarray, lo: float, hi: float, closed: bool) -> np.ndarray:
+    return v[(v >= lo) & ((v <= hi) if closed else (v < hi))]
+
+
+#: values a quantile search collects in memory at most (then sorts them)
+_SELECT_MAX = 1 << 20
+
+
+def _kth(arr: Any, k: int, lo: float, hi: float) -> float:
+    """The ``k``-th smallest finite value (0-based) of a side-car array, by histogram passes
+    narrowing the value range until the values left fit in memory."""
+    below, closed = 0, True
+    for _ in range(64):
+        counts = np.zeros(4096, dtype=np.int64)
+        vmin, vmax = np.inf, -np.inf
+        for _, v in iter_chunks(arr):
+            v = _in_range(v[np.isfinite(v)], lo, hi, closed)
+            if v.size:
+                counts += np.histogram(v, bins=4096, range=(lo, hi))[0]
+                vmin, vmax = min(vmin, float(v.min())), max(vmax, float(v.max()))
+        if vmin == vmax:
+            return vmin
+        cum = np.cumsum(counts)
+        i = int(np.searchsorted(cum, k - below, side="right"))
+        edges = np.linspace(lo, hi, 4097)
+        below += int(cum[i - 1]) if i else 0
+        closed = closed and i == 4095
+        lo, hi = float(edges[i]), float(edges[i + 1])
+        if counts[i] <= _SELECT_MAX:
+            vals = np.concatenate([_in_range(v[np.isfinite(v)], lo, hi, closed)
+                                   for _, v in iter_chunks(arr)])
+            return float(np.sort(vals)[k - below])
+    raise DataError("the quantile search did not converge")  # pragma: no cover
+
+
+def _quantile_threshold(arr: Any, n: int, lo: float, hi: float, fraction: float) -> float:
+    """What :func:`patchsieve.analysis._common._candidate_thresholds` returns for all finite
+    values, found chunk by chunk: the candidate thresholds (between distinct values) next to
+    the ``floor(fraction * n)``-th value, compared as there."""
+    a = _kth(arr, min(int(np.floor(fraction * n)), n - 1), lo, hi)
+    lt = le = 0
+    prev, nxt = -np.inf, np.inf
+    for _, v in iter_chunks(arr):
+        v = v[np.isfinite(v)]
+        lt += int(np.count_nonzero(v < a))
+        le += int(np.count_nonzero(v <= a))
+        below, above = v[v < a], v[v > a]
+        if below.size:
+            prev = max(prev, float(below.max()))
+        if above.size:
+            nxt = min(nxt, float(above.min()))
+    lt_prev = le_next = 0
+    prev2, nxt2 = -np.inf, np.inf
+    for _, v in iter_chunks(arr):
+        v = v[np.isfinite(v)]
+        lt_prev += int(np.count_nonzero(v < prev))
+        le_next += int(np.count_nonzero(v <= nxt))
+        below, above = v[v < prev], v[v > nxt]
+        if below.size:
+            prev2 = max(prev2, float(below.max()))
+        if above.size:
+            nxt2 = min(nxt2, float(above.min()))
+
+    def low(u: float) -> float:
+        return u - max(1.0, abs(u)) * 1e-3
+
+    def high(u: float) -> float:
+        return u + max(1.0, abs(u)) * 1e-3
+
+    def mid(u: float, w: float) -> float:
+        return float((np.float64(u) + np.float64(w)) / 2)
+
+    cands: list[tuple[int, float]] = []  # (values below, threshold), in candidate order
+    if np.isfinite(prev):
+        cands.append((lt_prev, mid(prev2, prev) if np.isfinite(prev2) else low(prev)))
+    cands.append((lt, mid(prev, a) if np.isfinite(prev) else low(a)))
+    cands.append((le, mid(a, nxt) if np.isfinite(nxt) else high(a)))
+    if np.isfinite(nxt):
+        cands.append((le_next, mid(nxt, nxt2) if np.isfinite(nxt2) else high(nxt)))
+    below_share = np.array([c for c, _ in cands]) / n
+    return float(cands[int(np.argmin(np.abs(below_share - fraction)))][1])
+
+
+def _background(sc: Sidecar, config: Any, ndim: int) -> tuple[int, int]:
+    """Regions and background regions of ``config`` on the side-car's statistics."""
+    from patchsieve.regions import required_stats
+
+    needed = required_stats(config, ndim)
+    arrays = {k: stored_array(sc, stats_key(k)) for k in needed}
+    first = arrays[needed[0]]
+    n = bg = 0
+    for box, v in iter_chunks(first):
+        values = {needed[0]: v, **{k: np.asarray(a[box]) for k, a in arrays.items()
+                                   if k != needed[0]}}
+        fo = filter_out_from_stats(config, values, ndim=ndim)
+        n += int(fo.size)
+        bg += int(np.count_nonzero(fo))
+    return n, bg
 
 
 def plot_threshold_histogram(
@@ -163,13 +295,14 @@ def plot_threshold_histogram(
     import matplotlib.pyplot as plt
 
     sc = _as_sidecar(sidecar, storage_options)
-    values = np.asarray(sc.stats[suggestion.stat], np.float64)
-    values = values[np.isfinite(values)]
-    lo = min(float(values.min()), suggestion.threshold)
-    hi = max(float(values.max()), suggestion.threshold)
+    values = stored_array(sc, stats_key(suggestion.stat))
+    _, vmin, vmax = _finite_range(values)
+    lo = min(vmin, suggestion.threshold)
+    hi = max(vmax, suggestion.threshold)
     if hi == lo:
         hi = lo + 1.0
-    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    counts = _histogram(values, bins, lo, hi)
+    edges = np.linspace(lo, hi, bins + 1)
     fig, ax = plt.subplots(figsize=(8, 4.8), constrained_layout=True)
     centres = (edges[:-1] + edges[1:]) / 2
     bg = centres < suggestion.threshold

@@ -126,6 +126,11 @@ def compute(
     except PatchsieveError as err:
         fail(err)
         return
+    except KeyboardInterrupt:
+        # the pass wrote every block handed back before the interrupt, with its marker
+        typer.echo("interrupted: the side-car is incomplete; run the same command again to "
+                   "resume (blocks already written are not computed again).", err=True)
+        raise typer.Exit(code=130) from None
     _report_sidecar(sc, json_out)
 
 
@@ -145,13 +150,41 @@ def _report_sidecar(sc: Any, json_out: bool) -> None:
 
 @app.command("demo-data")
 def demo_data(
-    out: Path = typer.Argument(..., help="Folder to write the demo datasets into."),
+    out: Optional[Path] = typer.Argument(  # noqa: UP007
+        None, help="Folder to write the demo datasets into (not with --virtual)."),
     size: str = typer.Option("full", help="full or small."),
+    virtual: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--virtual", help="Print the URL of a procedural volume of this shape instead "
+        "(e.g. 4096x40960x32768: 11 TB, nothing written)."),
+    chunks: Optional[str] = typer.Option(  # noqa: UP007
+        None, help="--virtual: chunk shape, e.g. 16x256x256."),
+    dtype: str = typer.Option("uint16", help="--virtual: data type."),
+    seed: int = typer.Option(0, help="--virtual: which volume of that shape."),
+    axes: Optional[str] = typer.Option(None, help="--virtual: dims, e.g. zyx."),  # noqa: UP007
 ) -> None:
-    """Write the deterministic synthetic demo datasets (OME-Zarr)."""
-    from patchsieve.demo import write_demo_data
-
+    """Write the deterministic synthetic demo datasets (OME-Zarr), or print a procedural URL."""
     try:
+        if virtual is not None:
+            from patchsieve.demo import describe_procedural, procedural_url
+
+            url = procedural_url(parse_patch(virtual), parse_patch(chunks) if chunks else None,
+                                 dtype=dtype, seed=seed, axes=axes)
+            info = describe_procedural(url)
+            typer.echo(url)
+            size = next(f"{info['nbytes'] / 10**e:.3g} {u}" for e, u in
+                        ((12, "TB"), (9, "GB"), (6, "MB"), (0, "B")) if info["nbytes"] >= 10**e
+                        or u == "B")
+            typer.echo(f"# {size}, {info['n_chunks']:,} chunks of "
+                       f"{'x'.join(map(str, info['chunks']))} {info['dtype']} ({info['axes']})",
+                       err=True)
+            return
+        if out is None:
+            from patchsieve.errors import ConfigError
+
+            raise ConfigError("demo-data needs an output folder (or --virtual SHAPE). Fix: "
+                              "patchsieve demo-data demo-data/")
+        from patchsieve.demo import write_demo_data
+
         paths = write_demo_data(out, size=size)
     except PatchsieveError as err:
         fail(err)

@@ -23,6 +23,11 @@ use the CAREamics reference stack :func:`reference_slices` and the large-volume 
 :class:`numpy.random.Generator`, so the output is deterministic and the full-size data never sits
 in memory at once. Sample stacks use the
 ``{"name": "s", "type": "custom"}`` NGFF axis (see :mod:`patchsieve.volume`).
+
+Procedural volumes (``_procedural``): :func:`procedural_url` names a read-only Zarr array of any
+size (10 TB and beyond) served chunk by chunk by :class:`ProceduralFileSystem` (fsspec protocol
+``procedural://``, registered through the ``fsspec.specs`` entry point), with per-process serve
+counters read by :func:`served_chunks`; see ``docs/scaling.md``.
 """
 
 from __future__ import annotations
@@ -34,15 +39,25 @@ from patchsieve.demo._fields import (
     reference_slices,
     two_channel_volume,
 )
+from patchsieve.demo._procedural import (
+    ProceduralFileSystem,
+    describe_procedural,
+    procedural_url,
+    served_chunks,
+)
 from patchsieve.demo._write import DEMO_KINDS, DEMO_SIZES, write_demo_data, write_ome_zarr
 
 __all__ = [
     "DEMO_KINDS",
     "DEMO_SIZES",
     "BlobField",
+    "ProceduralFileSystem",
     "blob_chunk",
+    "describe_procedural",
     "hagen_signal",
+    "procedural_url",
     "reference_slices",
+    "served_chunks",
     "two_channel_volume",
     "write_demo_data",
     "write_ome_zarr",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,7 @@ def compute(
     seed: int = 0,
     progress: bool = False,
     cluster: Mapping[str, Any] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Sidecar:
     """Run the filter pass and write (or complete) a side-car.
 
@@ -72,10 +75,21 @@ def compute(
     seed : int
         Seed of the chunk sample for percentiles.
     progress : bool
-        Show a progress bar (rich).
+        Show a progress bar (rich, on stderr): blocks done, blocks per second, time left.
     cluster : mapping, optional
         Overrides for the default LocalCluster (``n_workers``, ``threads_per_worker``,
         ``processes``) and ``timeout`` (seconds to reach a scheduler and find a worker).
+    on_progress : callable ``(done, total)``, optional
+        Called after each group of blocks with the blocks done and to do in this run.
+
+    Notes
+    -----
+    The pass streams: a *block* is one source chunk (its regions and cells, read with the
+    one-patch halo), blocks are walked lazily in tiles and submitted with at most a few tasks
+    per worker thread in flight, and each block's results and marker are written as they come
+    back. Start-up and memory do not grow with the volume (``docs/scaling.md``). Interrupted
+    (Ctrl-C, SIGKILL, a storage error), the same call resumes: blocks with a marker are not
+    computed again.
 
     Returns
     -------
@@ -121,7 +135,8 @@ def compute(
         with writer.writing():
             meta = writer.begin(volume, geom, configs, stats, fingerprint, seed=seed,
                                 overwrite=overwrite)
-        _fill(writer, cl, volume, geom, configs, meta, border, seed, storage_options, progress)
+        _fill(writer, cl, volume, geom, configs, meta, border, seed, storage_options, progress,
+              axes=axes if not _is_dataarray(source) else None, on_progress=on_progress)
         with writer.writing():
             writer.finalize(volume, configs, labels)
     return open_sidecar(output, storage_options=out_opts)
@@ -170,26 +185,28 @@ def _configs_by_name(filters: Any) -> dict[str, Any]:
 
 def _fill(writer: SidecarWriter, client: Any, volume: Any, geom: VolumeGeometry,
           configs: Mapping[str, Any], meta: dict[str, Any], border: str, seed: int,
-          storage_options: Mapping[str, Any] | None, progress: bool) -> None:
-    """Compute the missing region-stat blocks, cell blocks and the percentile sample, then
-    derive the cell statistics (mean, std, mask coverage) from the cell partials.
+          storage_options: Mapping[str, Any] | None, progress: bool,
+          axes: str | None = None,
+          on_progress: Callable[[int, int], None] | None = None) -> None:
+    """Compute the missing blocks (region statistics and cell partials, one source chunk each)
+    and the percentile sample, then derive the cell statistics (mean, std, mask coverage).
 
-    All jobs are submitted as one graph so each source chunk is read once.
+    Blocks are walked lazily in tiles and submitted with a bounded number of tasks in flight
+    (:mod:`patchsieve.filterpass._scheduler`); each result is written with its marker by a
+    :class:`patchsieve.sidecar.BlockLog`. An interrupted run (Ctrl-C, a task's error) keeps
+    every block handed back before it.
     """
-    # the graphs need dask, xarray and the kernels: imported here, not with ``import patchsieve``
+    # the scheduler and the kernels need dask and numba: imported here, not at import
     from patchsieve.filterpass._jobs import (
-        _cells_job,
-        _derive_cell_stats,
-        _record_fill,
-        _stats_job,
+        CellsJob,
+        StatsJob,
+        derive_cell_stats,
+        percentiles,
+        record_fill,
     )
-    from patchsieve.filterpass._plan import CELL_SETS, _cell_plan, _Plan
-    from patchsieve.filterpass._scheduler import (
-        _Job,
-        _progress_bar,
-        _run_jobs,
-        _stack_object_blocks,
-    )
+    from patchsieve.filterpass._plan import CELL_SETS, BlockPlan, _cell_plan
+    from patchsieve.filterpass._scheduler import progress_bar, run_stream
+    from patchsieve.filterpass._source import Source
 
     stats = list(meta["stats"])
     status = dict(meta.get("status", {}))
@@ -197,28 +214,164 @@ def _fill(writer: SidecarWriter, client: Any, volume: Any, geom: VolumeGeometry,
     need_pct = status.get("percentiles") != "complete"
     if not region_todo and not derived_todo and not cell_sets and not need_pct:
         return
-    plan = _Plan(volume, geom, region_todo, cell_sets, configs, border, seed, storage_options)
-    jobs: list[_Job] = []
+    plan = BlockPlan(volume, geom, region_todo, cell_sets, seed)
+    src = Source(client, volume, storage_options, axes)
     with writer.writing():
+        jobs: list[Any] = []
         if region_todo:
-            jobs.append(_stats_job(writer, plan, geom, region_todo))
+            jobs.append(StatsJob(writer, plan, geom, region_todo))
         if cell_sets:
-            jobs.append(_cells_job(writer, plan, geom))
-    samples: list[np.ndarray] = []
-    if need_pct and plan.pct_blocks:
-        jobs.append(_Job("percentile sample", _stack_object_blocks(plan.pct_blocks),
-                         [(i,) for i in range(len(plan.pct_blocks))],
-                         lambda idx, v: samples.append(v), lambda: None))
-    with _progress_bar(progress) as p:
-        # waves only pay off for the halo'd region blocks; cell blocks stream chunk by chunk
-        _run_jobs(client, jobs, p, writer.writing,
-                  source=volume.data if region_todo else None)
+            jobs.append(CellsJob(writer, plan, geom))
+    run = _Run(client, plan, src, jobs, geom, border, configs, volume, storage_options, axes,
+               seed if need_pct else None)
+    total = int(np.count_nonzero(run.pending))
+    done = [0]
+    with progress_bar(progress and total > 0) as bar:
+        bar.start(total)
+
+        def tick(n: int) -> None:
+            done[0] += n
+            bar.advance(n)
+            if on_progress is not None:
+                on_progress(done[0], total)
+
+        try:
+            pass_stats = run_stream(client, run.streams(), run.submit, run.handle,
+                                    affinity=run.affinity, on_done=tick)
+        except BaseException:
+            with contextlib.suppress(Exception):  # keep what is done; the error propagates
+                run.flush(writer)
+            raise
+        run.flush(writer)
+    if need_pct:
+        # the picks whose blocks were done before this run are read on their own
+        missing = [j for j in range(len(plan.pct_picks)) if j not in run.samples]
+        run.samples.update(_percentile_reads(client, src, plan, seed, missing))
+        meta["percentiles"] = percentiles([run.samples[j] for j in sorted(run.samples)],
+                                          geom.n_channels, plan, seed)
+        status["percentiles"] = "complete"
     with writer.writing():
         for k in cell_sets:
             status[CELL_SETS[k]] = "complete"
-        _derive_cell_stats(writer, geom, derived_todo, plan.stat_chunks, border, volume.dtype)
-        _record_fill(writer, meta, status, region_todo + derived_todo, need_pct, samples, plan,
-                     geom, seed)
+        derive_cell_stats(writer, plan, geom, derived_todo, border, volume.dtype)
+        record_fill(writer, meta, status, region_todo + derived_todo,
+                    {"pass": {**pass_stats.as_attrs(), "tile": list(plan.tile),
+                              "group": plan.group, "source": src.kind}})
+
+
+class _Run:
+    """One streaming run: the pending blocks, their tasks and where their results go."""
+
+    def __init__(self, client: Any, plan: Any, src: Any, jobs: list[Any], geom: VolumeGeometry,
+                 border: str, configs: Mapping[str, Any], volume: Any,
+                 storage_options: Mapping[str, Any] | None, axes: str | None,
+                 pct_seed: int | None):
+        from patchsieve.filterpass._plan import (
+            CACHE_BYTES,
+            PERCENTILE_VALUES_PER_CHUNK,
+            _open_mask,
+        )
+        from patchsieve.filterpass._scheduler import cluster_threads
+        from patchsieve.filterpass._source import Source
+
+        self.client, self.plan, self.src, self.jobs = client, plan, src, jobs
+        self.stats_job = next((j for j in jobs if hasattr(j, "stats")), None)
+        self.cells_job = next((j for j in jobs if not hasattr(j, "stats")), None)
+        shape = plan.numblocks
+        self.stats_missing = self.stats_job.log.missing() if self.stats_job else \
+            np.zeros(shape, bool)
+        self.cells_missing = self.cells_job.log.missing() if self.cells_job else \
+            np.zeros(shape, bool)
+        self.pending = self.stats_missing | self.cells_missing
+        self.mask_src = None
+        if "mask" in plan.cell_sets:
+            cfg = next(c for c in configs.values() if c.name == "mask")
+            mask = _open_mask(cfg, volume, storage_options)
+            self.mask_src = Source(client, mask, storage_options,
+                                   "".join(mask.dims).upper() if isinstance(cfg.mask, str)
+                                   else None)
+        self.spec = {"patch_size": tuple(geom.patch_size), "stats": tuple(plan.stats),
+                     "border": border, "n_sample_dims": len(geom.sample_dims),
+                     "block_dims": plan.block_dims, "c_axis": plan.c_axis,
+                     "ref": geom.ref_channel, "cell_sets": tuple(plan.cell_sets),
+                     "n_spatial": geom.ndim, "halo": plan.halo, "cache_bytes": CACHE_BYTES,
+                     "seed": pct_seed or 0, "pct_n": PERCENTILE_VALUES_PER_CHUNK}
+        # dask sources hand a task its blocks' pixels only: their picks are read on their own
+        self.want_pct = pct_seed is not None and src.kind != "dask"
+        self.samples: dict[int, np.ndarray] = {}
+        workers = cluster_threads(client)[0]
+        self.affinity = bool(plan.halo and src.reader is not None and len(workers) > 1)
+        self.n_streams = len(workers) if self.affinity else 1
+        self.token = f"patchsieve-block-{uuid.uuid4().hex[:12]}"
+        self.spec["run"] = self.token
+        self.n = 0
+
+    def streams(self) -> list[Iterator[tuple[int, list[Any]]]]:
+        def blocks(k: int) -> Iterator[tuple[int, list[Any]]]:
+            units = range(k, self.plan.n_units, self.n_streams)
+            for u, group in self.plan.walk(self.pending, units):
+                yield u, [self.plan.block(i, stats=bool(self.stats_missing[i]),
+                                          cells=bool(self.cells_missing[i]),
+                                          pct=self.want_pct) for i in group]
+
+        return [blocks(k) for k in range(self.n_streams)]
+
+    def submit(self, blocks: list[Any], worker: str | None) -> Any:
+        from patchsieve.filterpass._blocks import run_group
+
+        self.n += 1
+        kwargs: dict[str, Any] = {}
+        pixels = self.src.pixels([b.read for b in blocks])
+        if pixels is not None:
+            kwargs["pixels"] = pixels
+        if self.mask_src is not None:
+            kwargs["mask"] = self.mask_src.arg
+            mask_regions = [_mask_region(b, self.plan) for b in blocks]
+            mp = self.mask_src.pixels(mask_regions)
+            if mp is not None:
+                kwargs["mask_pixels"] = mp
+        if worker:
+            kwargs.update(workers=[worker], allow_other_workers=True)
+        return self.client.submit(run_group, self.src.arg, self.spec, blocks, **kwargs,
+                                  key=f"{self.token}-{self.n}", pure=False)
+
+    def handle(self, blocks: list[Any], results: list[Any]) -> None:
+        for blk, res in zip(blocks, results):
+            self.samples.update(res.get("pct", {}))
+            if self.stats_job is not None and self.stats_missing[blk.index]:
+                self.stats_job.put(blk, res)
+            if self.cells_job is not None and self.cells_missing[blk.index]:
+                self.cells_job.put(blk, res)
+
+    def flush(self, writer: SidecarWriter) -> None:
+        with writer.writing():
+            for job in self.jobs:
+                job.log.flush()
+
+
+def _mask_region(block: Any, plan: Any) -> tuple[slice, ...]:
+    """The mask pixels of a block's cells (block dims, no channel)."""
+    read = [s for i, s in enumerate(block.read) if i != plan.c_axis]
+    if block.cells_local is None:
+        return tuple(slice(s.start, s.start) for s in read)
+    return tuple(slice(r.start + c.start, r.start + c.stop)
+                 for r, c in zip(read, block.cells_local))
+
+
+def _percentile_reads(client: Any, src: Any, plan: Any, seed: int,
+                      picks: Sequence[int]) -> dict[int, np.ndarray]:
+    """The percentile samples of ``picks`` (chunks no block of this run read), as tasks."""
+    from patchsieve.filterpass._blocks import percentile_task
+    from patchsieve.filterpass._plan import PERCENTILE_VALUES_PER_CHUNK
+
+    if not picks:
+        return {}
+    regions = [plan.pct_regions[j] for j in picks]
+    pixels = src.pixels(regions) or [None] * len(regions)
+    futs = [client.submit(percentile_task, src.arg, r, seed + j, PERCENTILE_VALUES_PER_CHUNK,
+                          plan.c_axis, pixels=p, pure=False)
+            for j, r, p in zip(picks, regions, pixels)]
+    return dict(zip(picks, client.gather(futs)))
 
 
 def ensure_sidecar(

@@ -18,13 +18,15 @@ A reader never accepts a side-car whose ``complete`` flag is false (:class:`Side
 
 Modules: ``_format`` (names and keys), ``_reader`` (:class:`Sidecar`, :func:`open_sidecar`),
 ``_writer`` (:class:`SidecarWriter`, :class:`BlockLog`), ``_decisions`` (decisions, weights,
-totals, normalisation from the statistics), ``_lock`` (:class:`SidecarLock`), ``_location``
+totals, normalisation from the statistics, chunk by chunk), ``_chunks`` (chunk-wise reads:
+:func:`stored_array`, :func:`iter_chunks`), ``_lock`` (:class:`SidecarLock`), ``_location``
 (default location, write checks, source fingerprints), ``_labels`` (label images).
 """
 
 from __future__ import annotations
 
-from patchsieve.sidecar._decisions import cover_cells, epoch_patches
+from patchsieve.sidecar._chunks import iter_chunks, stored_array
+from patchsieve.sidecar._decisions import chunk_boxes, cover_cells, epoch_patches, keep_cells_window
 from patchsieve.sidecar._format import (
     CELL_MASK_NONZERO,
     CELL_REF_M2,
@@ -71,6 +73,7 @@ __all__ = [
     "SidecarLock",
     "SidecarWriter",
     "block_slices",
+    "chunk_boxes",
     "canonical_hash",
     "check_not_inside",
     "config_attrs",
@@ -80,10 +83,13 @@ __all__ = [
     "epoch_patches",
     "is_remote",
     "is_sidecar",
+    "iter_chunks",
+    "keep_cells_window",
     "open_sidecar",
     "open_store",
     "progress_key",
     "require_writable",
     "source_fingerprint",
     "stats_key",
+    "stored_array",
 ]

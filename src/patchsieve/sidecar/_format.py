@@ -18,6 +18,10 @@ LOCK_NAME = "patchsieve.lock"
 WRITE_PROBE = ".patchsieve-write-probe"
 #: a lock whose heartbeat is older than this is stale (seconds); the writer refreshes it per flush
 LOCK_STALE_AFTER = 600.0
+#: what one block marker of ``progress/`` stands for (attrs key ``block_grid``): one source chunk
+#: (all channels). Side-cars begun before it was recorded had other blocks; their markers are
+#: dropped when such a side-car is resumed (the missing blocks are computed again, completely).
+BLOCK_GRID = "source-chunks"
 
 #: per-sample totals stored under ``decisions/<filter>/``
 SAMPLE_TOTALS: tuple[str, ...] = ("n_regions", "n_background", "weight_sum",

@@ -29,7 +29,15 @@ logger = logging.getLogger(__name__)
 
 
 def source_stem(url: str) -> str:
-    name = url.rstrip("/").split("/")[-1] or "volume"
+    """The source's name without its suffix (and without a URL query, e.g. of a procedural
+    volume): what the default side-car is named after.
+
+    Examples
+    --------
+    >>> source_stem("s3://bucket/img.ome.zarr"), source_stem("procedural://64x512x512?seed=1")
+    ('img', '64x512x512')
+    """
+    name = url.rstrip("/").split("/")[-1].split("?")[0] or "volume"
     for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] or "volume"

@@ -10,9 +10,11 @@ saying that the side-car is incomplete and how to resume.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -22,8 +24,9 @@ import zarr
 from patchsieve._version import __version__
 from patchsieve.errors import PatchsieveError, SidecarMismatchError, StorageError
 from patchsieve.grid import VolumeGeometry
-from patchsieve.sidecar._decisions import cover_cells, update_decisions
+from patchsieve.sidecar._decisions import update_decisions
 from patchsieve.sidecar._format import (
+    BLOCK_GRID,
     FORMAT_NAME,
     FORMAT_VERSION,
     LOCK_NAME,
@@ -43,6 +46,8 @@ SIDECAR_CHUNK_ELEMENTS = 1 << 20
 #: a block log flushes after this many blocks or seconds
 FLUSH_EVERY_BLOCKS = 512
 FLUSH_EVERY_S = 2.0
+#: side-car chunks a block log keeps in memory between flushes (bytes, least recently used out)
+OPEN_CHUNK_BYTES = 64 * 2**20
 
 
 class SidecarWriter:
@@ -139,6 +144,13 @@ class SidecarWriter:
             self.clear()  # keeps our lock
             self.open("a")
             existing = self._fresh_meta(volume, geometry, fingerprint, seed)
+        elif existing.get("block_grid") != BLOCK_GRID:
+            # begun by a version with other blocks: its markers mean other blocks
+            if "progress" in self.group:
+                logger.info("side-car %s was begun with other blocks; its incomplete parts are "
+                            "computed again", self.path)
+                del self.group["progress"]
+        existing["block_grid"] = BLOCK_GRID
         existing["filters"] = {**existing.get("filters", {}),
                                **{n: config_attrs(c) for n, c in configs.items()}}
         existing["stats"] = sorted(set(existing.get("stats", [])) | set(stats))
@@ -209,9 +221,10 @@ class SidecarWriter:
 
     # ---- arrays
     def array(self, key: str, shape: Sequence[int], chunks: Sequence[int], dtype: str,
-              fill_value: Any = 0) -> zarr.Array:
+              fill_value: Any = 0, *, grow: bool = True) -> zarr.Array:
         """The array ``key``, created (or recreated) with chunks that are whole multiples of
-        ``chunks`` holding up to :data:`SIDECAR_CHUNK_ELEMENTS` values: region- and cell-level
+        ``chunks`` holding up to :data:`SIDECAR_CHUNK_ELEMENTS` values (``grow=False``:
+        ``chunks`` as given, e.g. aligned to the filter pass's tiles): region- and cell-level
         arrays are small, and one object per compute block would cost more to write than the
         block costs to compute. An existing array of the right shape and dtype is kept whatever
         its chunks (a side-car begun by an older version resumes with its values intact)."""
@@ -223,7 +236,9 @@ class SidecarWriter:
         except KeyError:
             pass
         return group.create_array(
-            key, shape=tuple(int(s) for s in shape), chunks=coarse_chunks(shape, chunks),
+            key, shape=tuple(int(s) for s in shape),
+            chunks=coarse_chunks(shape, chunks) if grow else
+            tuple(max(1, min(int(c), max(1, int(n)))) for c, n in zip(chunks, shape)),
             dtype=dtype, fill_value=fill_value, overwrite=True,
             config={"write_empty_chunks": True},
         )
@@ -248,9 +263,8 @@ class SidecarWriter:
 
             geometry = VolumeGeometry.from_attrs(meta["geometry"], meta.get("source"))
             for name in configs:
-                fo = np.asarray(self.group[decision_key(name, "filter_out")][...], dtype=bool)
                 write_labels(self.group, name, volume, geometry,
-                             cover_cells(~fo, geometry.cell_shape))
+                             self.group[decision_key(name, "filter_out")])
             meta["status"]["labels"] = "complete"
             meta["labels"] = sorted(configs)
         meta["complete"] = True
@@ -283,13 +297,26 @@ class SidecarWriter:
 
 
 class BlockLog:
-    """In-memory copies of the side-car arrays a job fills, flushed to Zarr in batches.
+    """Block results written to the side-car chunk by chunk, with their resume markers.
 
     Results arrive block by block; writing each block with its own zarr call costs more than
-    computing it. The client keeps a copy of every target array (region- or cell-level, so tiny
-    next to the volume), loaded from disk so a resumed run starts from what is there, and writes
-    the bounding box of the blocks finished since the last flush in one call per array, then their
-    markers. A killed run therefore leaves markers only for blocks whose values are on disk.
+    computing it. The log keeps the side-car chunks the recent blocks fell into ("open" chunks,
+    loaded from disk when first touched, so a resumed run keeps what is there), writes the
+    chunks touched since the last flush whole, then sets the blocks' markers and writes only the
+    marker chunks that changed. Memory is bounded by :data:`OPEN_CHUNK_BYTES` (plus the marker
+    array: one byte per block), not by the size of the arrays; a killed run leaves markers only
+    for blocks whose values are on disk.
+
+    Parameters
+    ----------
+    arrays : mapping of str to zarr.Array
+        The arrays a job fills.
+    marker : zarr.Array
+        uint8 markers, one per block (1 = written).
+    lock : SidecarLock
+        Heartbeat on each flush.
+    prefix : mapping, optional
+        Leading axes of an array not addressed by the block slices (e.g. channels).
     """
 
     def __init__(self, arrays: Mapping[str, zarr.Array], marker: zarr.Array, lock: SidecarLock,
@@ -297,50 +324,91 @@ class BlockLog:
         self.arrays = dict(arrays)
         #: leading axes of an array not addressed by the block slices (e.g. channels)
         self.prefix = {k: int((prefix or {}).get(k, 0)) for k in self.arrays}
-        self.mem = {k: np.asarray(a[...]) for k, a in self.arrays.items()}
         self.marker, self.lock = marker, lock
-        self.done = np.asarray(marker[...])
+        self.done = np.asarray(marker[...], dtype=np.uint8)
+        self.open: OrderedDict[tuple[str, tuple[int, ...]], np.ndarray] = OrderedDict()
+        self.dirty: set[tuple[str, tuple[int, ...]]] = set()
+        self.open_bytes = 0
         self.pending: list[tuple[int, ...]] = []
-        self.lo: list[int] | None = None
-        self.hi: list[int] | None = None
         self.last = time.monotonic()
+        self.flushes = 0
 
     def todo(self) -> list[tuple[int, ...]]:
-        """Indices of the blocks without a marker."""
+        """Indices of the blocks without a marker (a list: for small logs and tests)."""
         return [tuple(int(i) for i in idx) for idx in np.argwhere(self.done == 0)]
+
+    def missing(self) -> np.ndarray:
+        """Bool array over the blocks: True where the marker is unset."""
+        return self.done == 0
+
+    def _chunk(self, key: str, cidx: tuple[int, ...]) -> np.ndarray:
+        buf = self.open.get((key, cidx))
+        if buf is None:
+            arr = self.arrays[key]
+            buf = np.array(arr[_chunk_slices(cidx, arr.chunks, arr.shape)])
+            self.open[(key, cidx)] = buf
+            self.open_bytes += buf.nbytes
+        else:
+            self.open.move_to_end((key, cidx))
+        return buf
 
     def put(self, idx: tuple[int, ...], sl: tuple[slice, ...],
             values: Mapping[str, np.ndarray]) -> None:
         """Record block ``idx``'s ``values`` at slices ``sl`` (flushed in batches)."""
         for k, v in values.items():
-            self.mem[k][(slice(None),) * self.prefix[k] + tuple(sl)] = v
-        starts = [s.start or 0 for s in sl]
-        stops = [s.stop for s in sl]
-        self.lo = starts if self.lo is None else [min(a, b) for a, b in zip(self.lo, starts)]
-        self.hi = stops if self.hi is None else [max(a, b) for a, b in zip(self.hi, stops)]
+            arr = self.arrays[k]
+            p = self.prefix[k]
+            full = (*(slice(0, n) for n in arr.shape[:p]), *sl)
+            v = np.asarray(v)
+            ranges = [range(s.start // c, max(s.start // c, (s.stop - 1) // c) + 1)
+                      for s, c in zip(full, arr.chunks)]
+            for cidx in itertools.product(*ranges):
+                buf = self._chunk(k, cidx)
+                dst, src = [], []
+                for s, i, c in zip(full, cidx, arr.chunks):
+                    lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
+                    dst.append(slice(lo - i * c, hi - i * c))
+                    src.append(slice(lo - s.start, hi - s.start))
+                buf[tuple(dst)] = v[tuple(src)]
+                self.dirty.add((k, cidx))
         self.pending.append(idx)
-        if (len(self.pending) >= FLUSH_EVERY_BLOCKS
+        if (len(self.pending) >= FLUSH_EVERY_BLOCKS or not self.flushes
                 or time.monotonic() - self.last >= FLUSH_EVERY_S):
             self.flush()
 
+    def mark(self, idx: tuple[int, ...]) -> None:
+        """A block with nothing to write (no region or cell origin in its chunk)."""
+        self.pending.append(idx)
+
     def flush(self) -> None:
-        """Write the values of the pending blocks, then their markers."""
-        if not self.pending or self.lo is None or self.hi is None:
+        """Write the chunks the pending blocks touched, then their markers."""
+        if not self.pending and not self.dirty:
             return
-        box = tuple(slice(a, b) for a, b in zip(self.lo, self.hi))
-        for k, arr in self.arrays.items():
-            # whole chunks from the in-memory copy: zarr then never reads a chunk back
-            p = self.prefix[k]
-            wide = tuple(slice((b.start // c) * c, min(n, -(-b.stop // c) * c))
-                         for b, c, n in zip(box, arr.chunks[p:], arr.shape[p:]))
-            full = (slice(None),) * p + wide + (slice(None),) * (arr.ndim - len(box) - p)
-            arr[full] = self.mem[k][full]
+        for key, cidx in sorted(self.dirty):
+            arr = self.arrays[key]
+            # whole chunks from memory: zarr never reads a chunk back
+            arr[_chunk_slices(cidx, arr.chunks, arr.shape)] = self.open[(key, cidx)]
+        self.dirty.clear()
+        touched = set()
+        mchunks = self.marker.chunks
         for idx in self.pending:
             self.done[idx] = 1
-        self.marker[...] = self.done
-        self.pending, self.lo, self.hi = [], None, None
+            touched.add(tuple(i // c for i, c in zip(idx, mchunks)))
+        for cidx in sorted(touched):
+            box = _chunk_slices(cidx, mchunks, self.marker.shape)
+            self.marker[box] = self.done[box]
+        self.pending = []
+        while self.open_bytes > OPEN_CHUNK_BYTES and len(self.open) > 1:
+            _, old = self.open.popitem(last=False)
+            self.open_bytes -= old.nbytes
         self.last = time.monotonic()
+        self.flushes += 1
         self.lock.heartbeat()
+
+
+def _chunk_slices(cidx: Sequence[int], chunks: Sequence[int],
+                  shape: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(cidx, chunks, shape))
 
 
 def coarse_chunks(shape: Sequence[int], chunks: Sequence[int],

@@ -9,7 +9,9 @@ other module uses. Those import zarr and fsspec only; the openers (dask, xarray)
 first use, so a process that only re-opens a store (a DataLoader worker) stays light.
 
 Private modules: ``_axes`` (CAREamics axes strings), ``_stores``, ``_ngff`` (multiscales
-metadata), ``_tiff`` (lazy TIFF), ``_open`` (resolution of a source and the DataArray).
+metadata), ``_tiff`` (lazy TIFF), ``_open`` (resolution of a source and the DataArray),
+``_chunkreader`` (:class:`ChunkReader`: a source's chunks read by key from any process, what
+the streaming filter pass ships to its tasks; made by :func:`chunk_reader`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from patchsieve.grid import DIM_ORDER
 from patchsieve.volume._axes import parse_axes
+from patchsieve.volume._chunkreader import ChunkReader
 from patchsieve.volume._stores import (
     delete_key,
     is_remote,
@@ -36,10 +39,12 @@ from patchsieve.volume._stores import (
 )
 
 if TYPE_CHECKING:
-    from patchsieve.volume._open import open_pyramid, open_volume
+    from patchsieve.volume._open import chunk_reader, open_pyramid, open_volume
 
 __all__ = [
     "DIM_ORDER",
+    "ChunkReader",
+    "chunk_reader",
     "delete_key",
     "is_remote",
     "list_keys",
@@ -59,7 +64,7 @@ __all__ = [
 ]
 
 #: names served from ``_open`` on first access (it imports dask and xarray)
-_LAZY = ("open_volume", "open_pyramid")
+_LAZY = ("open_volume", "open_pyramid", "chunk_reader")
 
 
 def __getattr__(name: str) -> Any:

@@ -56,9 +56,10 @@ import xarray as xr
 import zarr
 from zarr.abc.store import Store
 
-from patchsieve.errors import AxesError, DataError, StorageError, VolumeError
+from patchsieve.errors import AxesError, DataError, VolumeError
 from patchsieve.grid import DIM_ORDER
 from patchsieve.volume._axes import example_axes, parse_axes
+from patchsieve.volume._chunkreader import ChunkReader, _BlockReader
 from patchsieve.volume._ngff import Multiscale, parse_multiscales
 from patchsieve.volume._stores import (
     open_zarr_node,
@@ -88,48 +89,8 @@ class _Image:
     translation: tuple[float, ...] | None = None
     units: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class _BlockReader:
-    """Read blocks of a zarr array for dask, naming the chunk key when one cannot be read.
-
-    A truncated or corrupt compressed chunk raises :class:`DataError` and an unreadable object
-    :class:`StorageError`, each with the store key (e.g. ``s0/c/3/0/1``) and the fix, instead
-    of a codec's bare ``RuntimeError``. Missing chunks read as the array's fill value (zarr's
-    policy, documented in docs/errors.md).
-    """
-
-    def __init__(self, arr: zarr.Array, label: str, block: tuple[int, ...]) -> None:
-        self.arr, self.label, self.block = arr, label, block
-        self.shape, self.dtype, self.ndim = tuple(arr.shape), arr.dtype, arr.ndim
-
-    def _key(self, key: Any) -> str:
-        coords = []
-        for sl, c in zip(key, self.block):
-            start = sl.start if isinstance(sl, slice) else int(sl)
-            coords.append(int(start or 0) // c)
-        try:
-            inner = self.arr.metadata.encode_chunk_key(tuple(coords))
-        except Exception:  # noqa: BLE001 - the key is only for the message
-            inner = "/".join(map(str, coords))
-        return f"{self.arr.path}/{inner}" if self.arr.path else inner
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        try:
-            return self.arr[key]
-        except (DataError, StorageError, VolumeError):
-            raise
-        except OSError as err:
-            raise StorageError(
-                f"{self.label}: chunk {self._key(key)!r} cannot be read ({type(err).__name__}). "
-                "Fix: check the storage (permissions, network) and rerun."
-            ) from None
-        except Exception as err:  # noqa: BLE001 - codec errors: zstd/blosc RuntimeError etc.
-            raise DataError(
-                f"{self.label}: chunk {self._key(key)!r} cannot be decoded ({type(err).__name__}: "
-                f"{str(err)[:120]}); it is truncated or corrupt. Fix: restore it from a backup "
-                "or rewrite the array."
-            ) from err
+    #: the zarr array or TIFF series behind ``data`` (None for in-memory sources)
+    stored: Any = None
 
 
 def _dask_from_zarr(arr: zarr.Array, label: str = "<zarr>") -> da.Array:
@@ -180,6 +141,7 @@ def _plain_array_image(
         source=label,
         fmt=f"zarr-v{_zarr_format(arr)}",
         array_path=arr.path,
+        stored=arr,
     )
 
 
@@ -236,6 +198,7 @@ def _ome_image(
         translation=lvl.translation,
         units=units,
         extra=extra,
+        stored=arr,
     )
 
 
@@ -405,7 +368,8 @@ def _resolve(
             tiff, chunks=tiff.chunks, asarray=False, meta=np.empty((0,) * tiff.ndim, tiff.dtype)
         )
         return _Image(
-            data=data, dims=parse_axes(tiff_axes, tiff.ndim), source=label, fmt="tiff"
+            data=data, dims=parse_axes(tiff_axes, tiff.ndim), source=label, fmt="tiff",
+            stored=tiff,
         ), None
     if protocol is None and os.path.isfile(path):
         raise VolumeError(
@@ -481,6 +445,60 @@ def open_volume(
         "opened %s level %d: dims %s shape %s", image.source, image.level, out.dims, out.shape
     )
     return out
+
+
+def chunk_reader(
+    volume: xr.DataArray,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    axes: str | Sequence[str] | None = None,
+) -> ChunkReader | None:
+    """A picklable reader of ``volume``'s storage, or None when its data is not plain storage.
+
+    ``volume`` must be what :func:`open_volume` returns for its ``attrs["source"]`` (same
+    ``level`` and ``axes``): the source is opened again (metadata only) and its dask graph
+    name compared, so a selected, transposed or computed DataArray gets None (read it through
+    its dask graph instead). In-memory sources (numpy, dask, zarr objects) get None too.
+
+    Parameters
+    ----------
+    volume : xarray.DataArray
+        A volume from :func:`open_volume`.
+    storage_options : mapping, optional
+        fsspec options of the source (kept by the reader: workers re-open with them).
+    axes : str, optional
+        The ``axes=`` the volume was opened with.
+
+    Examples
+    --------
+    >>> import tempfile, os, zarr, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "v.zarr")
+    >>> a = zarr.create_array(path, shape=(4, 6), chunks=(2, 3), dtype="uint16",
+    ...                       dimension_names=("x", "y"))
+    >>> a[...] = np.arange(24).reshape(4, 6)
+    >>> vol = open_volume(path)
+    >>> r = chunk_reader(vol)
+    >>> vol.dims, r.chunks, r.read((slice(0, 2), slice(1, 3))).tolist()
+    (('y', 'x'), (3, 2), [[6, 12], [7, 13]])
+    """
+    url = str(volume.attrs.get("source", "<"))
+    if url.startswith("<"):
+        return None
+    try:
+        image, _ = _resolve(url, axes=axes, level=int(volume.attrs.get("level", 0) or 0),
+                            storage_options=storage_options)
+        fresh = _to_dataarray(image)
+    except Exception:  # noqa: BLE001 - anything that does not reopen is read through dask
+        return None
+    if image.stored is None or getattr(volume.data, "name", None) != fresh.data.name \
+            or tuple(volume.dims) != tuple(fresh.dims):
+        return None
+    kind = "tiff" if image.fmt == "tiff" else "zarr"
+    perm = tuple(image.dims.index(d) for d in fresh.dims)
+    return ChunkReader(url, image.array_path, storage_options, kind=kind, perm=perm,
+                       shape=tuple(int(n) for n in fresh.shape),
+                       chunks=tuple(int(c[0]) for c in fresh.data.chunks),
+                       dtype=str(fresh.dtype), stored=image.stored)
 
 
 def open_pyramid(

@@ -150,13 +150,12 @@ class PatchsieveDataModule(PatchDataModule):
 
         target, so = kw["target"], kw.get("target_storage_options")
         flt = self.dataset_kwargs["patch_filter_config"]
-        vol = open_volume(target, axes=self.config.target_axes or self.config.axes,
-                          level=kw.get("level", 0), storage_options=so)
-        n_c = int(vol.sizes.get("c", 1))
-        if getattr(flt, "ref_channel", 0) >= n_c:
+        axes, level = self.config.target_axes or self.config.axes, kw.get("level", 0)
+        vol = open_volume(target, axes=axes, level=level, storage_options=so)
+        if getattr(flt, "ref_channel", 0) >= int(vol.sizes.get("c", 1)):
             flt = flt.model_copy(update={"ref_channel": 0})
-        return ensure_sidecar(vol, flt, kw["patch_size"], storage_options=so,
-                              client=kw.get("client"), rank=self.train_rank,
+        return ensure_sidecar(target, flt, kw["patch_size"], storage_options=so, axes=axes,
+                              level=level, client=kw.get("client"), rank=self.train_rank,
                               world_size=self.world)
 
     @property

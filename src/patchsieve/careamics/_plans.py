@@ -27,8 +27,9 @@ from patchsieve.sampling import StratifiedPatching, plan_dtype
 
 logger = logging.getLogger(__name__)
 
-#: extra plans drawn per epoch at most to replace training patches that overlap held-out cells
-MAX_TOP_UPS = 16
+#: plans drawn per epoch at most (rejection of patches over held-out cells) before the rest is
+#: drawn from the remaining sampling areas directly
+MAX_TOP_UPS = 4
 
 
 def careamics_val_cells(n_patches: Sequence[int], grid_shape: Sequence[int], n_val: int,
@@ -139,13 +140,55 @@ class HeldOutPatching(StratifiedPatching):
             need -= np.bincount(plan["sample"][take], minlength=self.n_samples)
             if not need.any():
                 break
-        else:
-            raise ConfigError(
-                f"the held-out validation cells leave too little room for training patches "
-                f"(short by {int(need.sum())} after {MAX_TOP_UPS} plans). Fix: lower "
-                "data_config.n_val_patches, or pass val_source=.")
+        rng = self.rng(epoch)
+        for s in np.flatnonzero(need):  # small volumes: most patches touch a held-out cell
+            parts.append(self._remaining_draws(int(s), int(need[s]), rng))
         out = np.concatenate(parts)
-        return out[self.rng(epoch).permutation(len(out))]
+        return out[rng.permutation(len(out))]
+
+    def _remaining_draws(self, s: int, k: int, rng: np.random.Generator) -> NDArray[Any]:
+        """``k`` i.i.d. patches of sample ``s`` from the sampling areas left by the held-out cells.
+
+        As CAREamics' ``_SamplingRegion``: the origins of region ``g`` are split per axis into
+        offset 0 and offsets ``1..length-1``; a held-out cell ``g + q`` removes the boxes that
+        overlap its orthant (offset ``>= 1`` along the axes where ``q = 1``). A box is drawn with
+        probability ``weight(region) * box area``, then an origin uniformly inside it.
+        """
+        nd = len(self.patch_size)
+        grid = self.grid_shape
+        held = {tuple(c) for ss, c in self.held_out if ss == s}
+        w = self.effective_weights[s]
+        regions, boxes, masses = [], [], []
+        for g in itertools.product(*[range(n) for n in grid]):
+            lens = [int(self.lengths[d][g[d]]) for d in range(nd)]
+            for b in itertools.product((0, 1), repeat=nd):
+                area = int(np.prod([1 if bd == 0 else ln - 1 for bd, ln in zip(b, lens)]))
+                if area <= 0 or min(lens) <= 0:
+                    continue
+                if any(tuple(gi + qi for gi, qi in zip(g, q)) in held
+                       and all(qd == 0 or bd == 1 for qd, bd in zip(q, b))
+                       for q in itertools.product((0, 1), repeat=nd)):
+                    continue
+                regions.append(g)
+                boxes.append((b, lens))
+                masses.append(float(w[g]) * area)
+        mass = np.asarray(masses)
+        if not len(mass) or mass.sum() <= 0:
+            raise ConfigError(
+                f"the held-out validation cells leave no training patch in sample {s}. Fix: "
+                "lower data_config.n_val_patches, or pass val_source=.")
+        pick = rng.choice(len(mass), size=k, p=mass / mass.sum())
+        plan = np.empty(k, dtype=plan_dtype(nd))
+        plan["sample"] = s
+        for i, j in enumerate(pick):
+            (b, lens), g = boxes[j], regions[j]
+            off = [0 if bd == 0 else int(rng.integers(1, ln)) for bd, ln in zip(b, lens)]
+            plan["origin"][i] = [gi * p + o for gi, p, o in zip(g, self.patch_size, off)]
+            plan["region"][i] = np.ravel_multi_index(g, grid)
+        flat = plan["region"]
+        plan["weight"] = self.weights[s].reshape(-1)[flat]
+        plan["background"] = self.background[s].reshape(-1)[flat]
+        return plan
 
 
 def _rank_within(groups: NDArray[np.int64], n_groups: int) -> NDArray[np.int64]:

@@ -31,6 +31,7 @@ from patchsieve.demo._fields import (
     BlobField,
     blob_chunk,
     hagen_signal,
+    poisson_blobs,
     reference_slices,
     two_channel_volume,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "BlobField",
     "blob_chunk",
     "hagen_signal",
+    "poisson_blobs",
     "reference_slices",
     "two_channel_volume",
     "write_demo_data",

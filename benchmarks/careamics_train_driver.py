@@ -165,7 +165,7 @@ def _loading_config(args: argparse.Namespace, data_type: str, dims: int) -> Any:
         experiment_name="load", data_type=data_type, axes=axes, patch_size=ps,
         batch_size=args.batch_size, num_epochs=100000, num_workers=args.num_workers,
         trainer_params={"max_steps": args.steps, "limit_val_batches": 0,
-                        "num_sanity_val_steps": 0, "enable_checkpointing": False},
+                        "num_sanity_val_steps": 0},
         lr_scheduler="StepLR", lr_scheduler_params={"step_size": 10**6},
         model_params={"depth": 1, "num_channels_init": 8},
         patch_filter_config=MaxPatchFilterConfig(threshold=args.threshold)

@@ -152,3 +152,27 @@ def test_pooled_statistics():
     m, s = pooled_mean_std([a.mean(), b.mean()], [a.std(), b.std()])
     both = np.concatenate([a, b])
     assert m == pytest.approx(both.mean()) and s == pytest.approx(both.std())
+
+
+@pytest.mark.cluster
+def test_last_batch_of_one_patch_carries_metadata(tmp_path, monkeypatch):
+    """A last batch of one patch (epoch length % batch size == 1) with return_metadata: its
+    origins were a one-row view with the record stride, which torch refused (found by the
+    CAREamics training path: every epoch of such a size crashed at its end)."""
+    from distributed import Client, LocalCluster
+
+    from patchsieve.dataset import PatchDataset
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    arr = np.random.default_rng(0).poisson(5, (1, 64, 64)).astype(np.float32)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cl, Client(cl, set_as_default=False) as c:
+        ds = PatchDataset(arr, patch_size=(16, 16), axes="SYX", client=c, batch_size=5,
+                          patch_filter_config=MaxPatchFilterConfig(threshold=-1.0),
+                          return_metadata=True)
+    assert len(ds) == 16
+    batches = list(ds.loader())
+    assert [len(b[0]) for b in batches] == [5, 5, 5, 1]
+    x, meta = batches[-1]
+    s, (oy, ox) = int(meta["sample"][0]), meta["origin"][0].tolist()
+    np.testing.assert_array_equal(x[0, 0].numpy(), arr[s, oy:oy + 16, ox:ox + 16])

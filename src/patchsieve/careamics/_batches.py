@@ -1,5 +1,6 @@
-"""Batches in CAREamics' form (private): patches from a :class:`~patchsieve.dataset.PatchLoader`,
-normalised and augmented by CAREamics' own objects, wrapped in its ``ImageRegionData``."""
+"""Batches in CAREamics' form (private): patches cut by a :class:`~patchsieve.dataset.PatchDataset`,
+normalised and augmented by CAREamics' own objects (:class:`CareamicsTransform`), wrapped in its
+``ImageRegionData`` by :class:`CareamicsLoader`."""
 
 from __future__ import annotations
 
@@ -73,68 +74,77 @@ def region_batch(data: torch.Tensor, meta: RegionMeta, sample: torch.Tensor,
         additional_metadata={})
 
 
+class CareamicsTransform:
+    """CAREamics' per-patch pipeline as a :class:`~patchsieve.dataset.PatchDataset` transform:
+    its normalisation, then its augmentations (``CareamicsDataset.__getitem__``'s order), with
+    CAREamics' own objects, run where the patches are cut (the DataLoader workers).
+
+    Parameters
+    ----------
+    normalization : callable, optional
+        ``careamics.dataset.normalization.create_normalization(config.normalization)``; set
+        after the side-car's statistics are known (before iterating).
+    augment : callable, optional
+        ``Compose`` of the configuration's augmentations (None: validation).
+
+    Notes
+    -----
+    The dataset reseeds it per epoch, rank and worker (:meth:`reseed`): the augmentations are
+    deterministic in ``(seed, epoch)``.
+    """
+
+    def __init__(self, normalization: Any = None, augment: Any = None):
+        self.normalization, self.augment = normalization, augment
+
+    def reseed(self, rng: np.random.Generator) -> None:
+        """Give every augmentation a generator derived from ``rng``."""
+        for t in getattr(self.augment, "transforms", []):
+            if hasattr(t, "rng"):
+                t.rng = np.random.default_rng(int(rng.integers(0, 2**63)))
+
+    def __call__(self, x: np.ndarray, y: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.normalization is None:
+            raise RuntimeError("CareamicsTransform used before its normalisation was set "
+                               "(PatchsieveDataModule.setup sets it)")
+        x, y = self.normalization(x, y)
+        if self.augment is not None:
+            out = self.augment(x, y)
+            x, y = out[0], (out[1] if len(out) > 1 else None)
+        return x, y
+
+
 class CareamicsLoader(PatchLoader):
     """A :class:`~patchsieve.dataset.PatchLoader` whose batches are CAREamics' training batches:
     ``(ImageRegionData,)`` or ``(input, target)``.
 
-    Every patch goes through CAREamics' own normalisation and augmentation objects, in
-    CAREamics' order (``CareamicsDataset.__getitem__``: normalise, then augment), in this
-    process. The augmentations are reseeded at every epoch from ``(seed, epoch, rank)``.
+    The dataset (``return_metadata=True``, a batch size, a :class:`CareamicsTransform`) cuts,
+    normalises and augments the patches; this loader only wraps each batch with its region
+    specs.
 
     Parameters
     ----------
     dataset : PatchDataset
-        Built with ``return_metadata=True`` (and a batch size).
-    normalization : callable
-        ``careamics.dataset.normalization.create_normalization(config.normalization)``.
-    augment : callable or None
-        ``careamics.dataset.augmentation.compose.Compose`` of the configuration's augmentations
-        (None for validation).
     meta, target_meta : RegionMeta
         Image descriptions of the input and target.
     **kwargs
         DataLoader arguments (``num_workers`` ...).
     """
 
-    def __init__(self, dataset: PatchDataset, *, normalization: Any, augment: Any,
-                 meta: RegionMeta, target_meta: RegionMeta | None = None, **kwargs: Any):
+    def __init__(self, dataset: PatchDataset, *, meta: RegionMeta,
+                 target_meta: RegionMeta | None = None, **kwargs: Any):
         super().__init__(dataset, **kwargs)
-        self.normalization, self.augment = normalization, augment
         self.meta, self.target_meta = meta, target_meta
 
     def __iter__(self) -> Iterator[Any]:
-        first = True
         for batch in super().__iter__():
-            if first and self.augment is not None:
-                self._reseed(self.dataset.epoch)
-                first = False
             yield self.convert(batch)
-
-    def _reseed(self, epoch: int) -> None:
-        ds = self.dataset
-        rng = np.random.default_rng(np.random.SeedSequence([ds.seed, int(epoch), ds.rank, 0xCA]))
-        for t in getattr(self.augment, "transforms", []):
-            if hasattr(t, "rng"):
-                t.rng = np.random.default_rng(int(rng.integers(0, 2**63)))
 
     def convert(self, batch: Any) -> tuple[Any, ...]:
         """A patchsieve batch ``[x, (y,) meta]`` as CAREamics' ``(ImageRegionData, ...)``."""
         *arrays, info = batch
-        x = arrays[0].numpy()
-        y = arrays[1].numpy() if len(arrays) > 1 else None
-        xs = np.empty(x.shape, np.float32)
-        ys = None if y is None else np.empty(y.shape, np.float32)
-        for k in range(x.shape[0]):
-            xk, yk = self.normalization(x[k], None if y is None else y[k])
-            if self.augment is not None:
-                out = self.augment(xk, yk)
-                xk, yk = out[0], (out[1] if len(out) > 1 else None)
-            xs[k] = xk
-            if ys is not None:
-                ys[k] = yk
         sample, origin = info["sample"], info["origin"]
-        items = [region_batch(torch.from_numpy(xs), self.meta, sample, origin)]
-        if ys is not None:
-            meta = self.target_meta or self.meta
-            items.append(region_batch(torch.from_numpy(ys), meta, sample, origin))
+        items = [region_batch(arrays[0], self.meta, sample, origin)]
+        if len(arrays) > 1:
+            items.append(region_batch(arrays[1], self.target_meta or self.meta, sample, origin))
         return tuple(items)

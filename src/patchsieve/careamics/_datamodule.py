@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any
 
-from patchsieve.careamics._batches import CareamicsLoader, RegionMeta
+from patchsieve.careamics._batches import CareamicsLoader, CareamicsTransform, RegionMeta
 from patchsieve.careamics._config import (
     KEEP_ALL,
     check_dataset_options,
@@ -98,7 +98,8 @@ class PatchsieveDataModule(PatchDataModule):
             pin_memory=bool(train_kw.pop("pin_memory", False)),
             patch_size=ps, patch_filter_config=flt if flt is not None else KEEP_ALL,
             sidecar=sidecar, target=target, channels=cfg.channels, seed=int(cfg.seed),
-            axes=cfg.axes, drop_last=drop_last, return_metadata=True, **options)
+            axes=cfg.axes, drop_last=drop_last, return_metadata=True,
+            transform=CareamicsTransform(), **options)
         self.train_loader_extra = train_kw
         self.config, self.patch_filter = cfg, flt
         self.val_source, self.val_target = val_source, val_target
@@ -111,8 +112,6 @@ class PatchsieveDataModule(PatchDataModule):
         else:
             self._data = TrainValSplitData(train_data=source, n_val_patches=cfg.n_val_patches,
                                            train_data_target=target)
-        self._norm: Any = None
-        self._augment: Any = None
 
     # ---- datasets
     def setup(self, stage: str | None = None) -> None:
@@ -134,8 +133,10 @@ class PatchsieveDataModule(PatchDataModule):
             self.target_sidecar = self._target_sidecar(kw)
         fill_normalization(self.config.normalization, self.sidecar, self.config.channels,
                            self.target_sidecar)
-        self._norm = create_normalization(self.config.normalization)
-        self._augment = Compose(list(self.config.augmentations))
+        norm = create_normalization(self.config.normalization)
+        ds.transform.normalization = norm
+        ds.transform.augment = Compose(list(self.config.augmentations))
+        kw = {**kw, "transform": CareamicsTransform(norm, None)}  # validation: no augmentation
         if self.val_source is None:
             self.val_dataset = self._held_out_split(ds, kw)
         else:
@@ -216,11 +217,9 @@ class PatchsieveDataModule(PatchDataModule):
                                   ds.patch_size, False)
         return meta, tmeta
 
-    def _careamics_loader(self, ds: PatchDataset, augment: Any, kw: dict[str, Any]
-                          ) -> CareamicsLoader:
+    def _careamics_loader(self, ds: PatchDataset, kw: dict[str, Any]) -> CareamicsLoader:
         meta, tmeta = self._metas(ds)
-        return CareamicsLoader(ds, normalization=self._norm, augment=augment, meta=meta,
-                               target_meta=tmeta, **kw)
+        return CareamicsLoader(ds, meta=meta, target_meta=tmeta, **kw)
 
     def train_dataloader(self) -> CareamicsLoader:
         """The training loader (one per data module; it advances the epochs)."""
@@ -233,7 +232,7 @@ class PatchsieveDataModule(PatchDataModule):
             if self.num_workers:
                 kw["multiprocessing_context"] = self.multiprocessing_context
                 kw["persistent_workers"] = self.persistent_workers
-            self._loader = self._careamics_loader(self.train_dataset, self._augment, kw)
+            self._loader = self._careamics_loader(self.train_dataset, kw)
             if self._pending_state is not None:
                 self._loader.load_state_dict(self._pending_state)
                 self._pending_state = None
@@ -251,7 +250,7 @@ class PatchsieveDataModule(PatchDataModule):
         else:
             kw.pop("persistent_workers", None)
             kw.pop("prefetch_factor", None)
-        return self._careamics_loader(self.val_dataset, None, kw)
+        return self._careamics_loader(self.val_dataset, kw)
 
     def predict_dataloader(self) -> Any:
         """Prediction is CAREamics' own (``careamist.predict`` builds its data module)."""

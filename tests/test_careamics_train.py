@@ -247,3 +247,79 @@ def test_same_filter_in_both_places_and_explicit_statistics(blobs, tmp_path):
     (x,) = next(iter(dm.train_dataloader()))
     assert float(x.data.max()) <= 1.0 and float(x.data.min()) >= 0.0
     assert cm.config.data_config.normalization.input_maxes == [40.0]
+
+
+DDP_SCRIPT = '''
+import json, os, sys
+import numpy as np
+import lightning.pytorch as pl
+from careamics import CAREamist
+from careamics.config import create_advanced_n2v_config
+import patchsieve.careamics as psc
+
+src, out = sys.argv[1], sys.argv[2]
+cfg = create_advanced_n2v_config("ddp", data_type="zarr", axes="SYX", patch_size=[32, 32],
+                                 batch_size=4, num_epochs=1, num_workers=0, seed=3)
+cm = CAREamist(cfg, work_dir=os.path.dirname(out), enable_progress_bar=False)
+seen = []
+step = cm.model.training_step
+def training_step(batch, batch_idx):
+    spec = batch[0].region_spec
+    seen.extend((int(s), int(y), int(x)) for s, y, x in
+                zip(spec["sample_idx"], spec["coords"][0], spec["coords"][1]))
+    return step(batch, batch_idx)
+cm.model.training_step = training_step
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1,
+                     enable_progress_bar=False, logger=False, enable_checkpointing=False)
+dm = psc.PatchsieveDataModule(cm.config.data_config, src)
+trainer.fit(cm.model, datamodule=dm)
+with open(f"{out}.{trainer.global_rank}", "w") as f:
+    json.dump({"seen": seen, "epoch_length": dm.train_dataset.sampler.epoch_length,
+               "len": len(dm.train_dataset), "held_out": dm.held_out}, f)
+'''
+
+
+def test_ddp_ranks_share_one_sidecar_and_split_the_epoch(blobs, tmp_path):
+    """Lightning DDP (2 CPU processes, gloo): rank 0 runs the filter pass, rank 1 waits for its
+    side-car; both hold out the same validation cells; their training patches split the epoch."""
+    import json
+    import subprocess
+    import sys
+
+    root, _, noisy, _ = blobs
+    src = _zarr(tmp_path / "ddp.zarr", noisy[:4])
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "seen.json"
+    res = subprocess.run([sys.executable, str(script), src, str(out)], capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"seen.json.{r}").read_text()) for r in (0, 1))
+    assert r0["held_out"] == r1["held_out"] and len(r0["held_out"]) == 8
+    assert r0["len"] + r1["len"] == r0["epoch_length"]
+    assert len(r0["seen"]) == r0["len"] and len(r1["seen"]) == r1["len"]
+    # the two shards are disjoint positions of one plan: together they are the epoch
+    ps = 32
+    for s, y, x in r0["seen"] + r1["seen"]:
+        for hs, (cy, cx) in r0["held_out"]:
+            assert not (s == hs and abs(y - cy * ps) < ps and abs(x - cx * ps) < ps)
+
+
+def test_export_to_bmz_after_patchsieve_training(blobs, tmp_path):
+    """Model export works unchanged: a BioImage Model Zoo archive of a model trained from a
+    Zarr path (config data_type="array": CAREamics 0.3.5's own export predicts with
+    data_type="array" and fails on a Zarr config whatever trained it) reloads and predicts the
+    same."""
+    root, _, noisy, src = blobs
+    cm = _n2v(tmp_path, data_type="array", num_epochs=1)
+    psc.train(cm, src)
+    img = noisy[4, :64, :64]
+    cm.export_to_bmz(tmp_path / "model.zip", friendly_model_name="ps_n2v",
+                     input_array=img[None], authors=[{"name": "patchsieve"}],
+                     general_description="N2V trained from patchsieve",
+                     data_description="Poisson blobs")
+    again = CAREamist(bmz_path=tmp_path / "model.zip", work_dir=tmp_path / "re",
+                      enable_progress_bar=False)
+    p1, _ = cm.predict(img, data_type="array", axes="YX")
+    p2, _ = again.predict(img, data_type="array", axes="YX")
+    np.testing.assert_allclose(p1[0], p2[0], atol=1e-4)

@@ -234,19 +234,23 @@ def test_configuration_errors(blobs, tmp_path, kwargs, config_kw, match):
         psc.train(cm, src, **kwargs)
 
 
-def test_same_filter_in_both_places_and_explicit_statistics(blobs, tmp_path):
+def test_same_filter_in_both_places_and_explicit_statistics(blobs, tmp_path, monkeypatch):
     """A filter given twice identically is fine; statistics already in the configuration are
-    kept (CAREamics keeps them too); min_max with its statistics is applied by CAREamics."""
+    kept (CAREamics keeps them too); min_max with its statistics is applied by CAREamics; a
+    numpy array is a source too (its side-car goes to the cache)."""
     root, _, noisy, src = blobs
-    cm = _n2v(tmp_path, patch_filter_config={"name": "max", "threshold": 5.0},
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cm = _n2v(tmp_path, data_type="array", patch_filter_config={"name": "max", "threshold": 5.0},
               normalization="min_max",
               normalization_params={"input_mins": [0.0], "input_maxes": [40.0]})
-    dm = psc.PatchsieveDataModule(cm.config.data_config, src,
+    dm = psc.PatchsieveDataModule(cm.config.data_config, noisy[:4],
                                   patch_filter_config=MaxPatchFilterConfig(threshold=5.0))
     dm.setup("fit")
     (x,) = next(iter(dm.train_dataloader()))
     assert float(x.data.max()) <= 1.0 and float(x.data.min()) >= 0.0
     assert cm.config.data_config.normalization.input_maxes == [40.0]
+    assert set(x.source) == {"array"}
+    assert len(dm.val_dataset) == 8
 
 
 DDP_SCRIPT = '''

@@ -163,18 +163,13 @@ def max_train_stat_name(coverage: float) -> str:
 
 def parse_stat(name: str) -> tuple[str, float | None]:
     """Split a stat name into (kind, coverage)."""
-    if name.startswith("max_train_cov"):
-        try:
-            cov = float(name[len("max_train_cov"):])
-        except ValueError as err:
-            raise ConfigError(f"bad stat name {name!r}; expected e.g. 'max_train_cov0.25'.") from err
-        return "max_train_cov", check_coverage(cov)
-    if name.startswith("max_cov"):
-        try:
-            cov = float(name[len("max_cov"):])
-        except ValueError as err:
-            raise ConfigError(f"bad stat name {name!r}; expected e.g. 'max_cov0.25'.") from err
-        return "max_cov", check_coverage(cov)
+    for kind in ("max_train_cov", "max_cov"):  # the longer prefix first
+        if name.startswith(kind):
+            try:
+                cov = float(name[len(kind):])
+            except ValueError as err:
+                raise ConfigError(f"bad stat name {name!r}; expected e.g. '{kind}0.25'.") from err
+            return kind, check_coverage(cov)
     if name in ("mean", "std", "entropy", "mask_coverage", "max"):
         return name, None
     raise ConfigError(

@@ -58,7 +58,7 @@ if [[ ! -f "$BASE_STAMP" || "$(cat "$BASE_STAMP")" != "$KEY" ]] \
     (
         # one builder at a time (CI jobs sharing the cache); the stamp is written last, so an
         # interrupted build is redone from scratch by the next run
-        flock 9
+        if command -v flock >/dev/null 2>&1; then flock 9; fi
         if [[ -f "$BASE_STAMP" && "$(cat "$BASE_STAMP")" == "$KEY" ]]; then exit 0; fi
         rm -rf "$BASE"
         "$PYTHON" -m venv "$BASE"

@@ -56,6 +56,7 @@ def _mse(pred, clean):
 
 
 # --------------------------------------------------------------------------- the issue's example
+@pytest.mark.timeout(1800)  # two trainings of 80 steps: ~1.5 min idle, several times that loaded
 def test_done_when_example_trains_and_denoises_like_careamics(tmp_path):
     """The issue's example as written (patch 64, batch 16, 20 epochs, Shannon 1.0), on a plain
     Zarr v3 array of low-count Poisson blobs (4 images of 256^2: 80 steps); CAREamics' own

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 collect_ignore = [
+    "conftest.py",  # conftest modules are not doctest modules (their names clash)
     "patchsieve/cli/__main__.py",  # the entry point: importing it runs the app
     "patchsieve/inspect.py",  # the deprecated alias: collecting it would warn for every name
 ]

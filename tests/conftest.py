@@ -330,3 +330,6 @@ def careamics_reference_dir() -> Path:
             f"../shared/careamics_reference beside the repository (not shipped in the sdist)."
         )
     return path
+
+# with --doctest-modules, conftest modules are not collected as doctest modules
+collect_ignore = ["conftest.py"]

@@ -75,3 +75,6 @@ def oracle():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+# with --doctest-modules, conftest modules are not collected as doctest modules
+collect_ignore = ["conftest.py"]

@@ -328,3 +328,25 @@ def test_export_to_bmz_after_patchsieve_training(blobs, tmp_path):
     p1, _ = cm.predict(img, data_type="array", axes="YX")
     p2, _ = again.predict(img, data_type="array", axes="YX")
     np.testing.assert_allclose(p1[0], p2[0], atol=1e-4)
+
+
+def test_target_statistics_rules(blobs, tmp_path):
+    """min_max with input statistics only and a CARE target: CAREamics would estimate the
+    target's; patchsieve refuses, naming the fix. With 'none' no target side-car is computed."""
+    root, clean, noisy, src = blobs
+    tgt = _zarr(root / "clean_t.zarr", clean[:4])
+
+    def care(**kw):
+        return create_advanced_care_config(experiment_name="care", data_type="zarr", axes="SYX",
+                                           patch_size=[32, 32], batch_size=8, num_epochs=1,
+                                           num_workers=0, seed=2, **kw).data_config
+
+    dm = psc.PatchsieveDataModule(care(normalization="min_max", normalization_params={
+        "input_mins": [0.0], "input_maxes": [40.0]}), src, target=tgt)
+    with pytest.raises(ConfigError, match="target"):
+        dm.setup("fit")
+    dm = psc.PatchsieveDataModule(care(normalization="none"), src, target=tgt)
+    dm.setup("fit")
+    assert dm.target_sidecar is None
+    (x, y) = next(iter(dm.train_dataloader()))
+    assert float(y.data.max()) > 5.0  # raw clean counts: not normalised

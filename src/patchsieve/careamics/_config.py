@@ -194,7 +194,7 @@ def sidecar_mean_std(sc: Any, channels: Sequence[int] | None,
 
 
 def fill_normalization(norm: Any, input_sc: Any, channels: Sequence[int] | None,
-                       target_sc: Any = None) -> None:
+                       target_sc: Any = None, *, has_target: bool = False) -> None:
     """Fill the missing statistics of a CAREamics normalisation config, in place.
 
     ``mean_std`` takes the side-cars' statistics (the target's from its own side-car); ``none``
@@ -206,13 +206,15 @@ def fill_normalization(norm: Any, input_sc: Any, channels: Sequence[int] | None,
     name = norm.name
     if name == "none":
         return
-    need_target = target_sc is not None and norm.target_needs_computation()
+    need_target = (has_target or target_sc is not None) and norm.target_needs_computation()
     if name == "mean_std":
         if norm.needs_computation():
             norm.set_input_stats(*sidecar_mean_std(input_sc, channels, norm.per_channel))
             logger.info("normalisation from side-car %s: means %s, stds %s",
                         getattr(input_sc, "path", ""), norm.input_means, norm.input_stds)
         if need_target:
+            if target_sc is None:  # the data module computes it whenever it is needed
+                raise RuntimeError("fill_normalization: a target without its side-car")
             norm.set_target_stats(*sidecar_mean_std(target_sc, None, norm.per_channel))
         return
     if norm.needs_computation() or need_target:

@@ -129,10 +129,12 @@ class PatchsieveDataModule(PatchDataModule):
             if ds.sidecar_path else None
         if self.patch_filter is not None:
             record_filter(self.config, self.patch_filter, len(ds.patch_size))
-        if kw.get("target") is not None:
-            self.target_sidecar = self._target_sidecar(kw)
+        norm_cfg = self.config.normalization
+        if kw.get("target") is not None and norm_cfg.name == "mean_std" \
+                and norm_cfg.target_needs_computation():
+            self.target_sidecar = self._target_sidecar(kw, ds)
         fill_normalization(self.config.normalization, self.sidecar, self.config.channels,
-                           self.target_sidecar)
+                           self.target_sidecar, has_target=kw.get("target") is not None)
         norm = create_normalization(self.config.normalization)
         ds.transform.normalization = norm
         ds.transform.augment = Compose(list(self.config.augmentations))
@@ -144,7 +146,7 @@ class PatchsieveDataModule(PatchDataModule):
         self.train_dataset = ds
         self.hparams.update(data_config=self.config.model_dump(mode="json"))
 
-    def _target_sidecar(self, kw: dict[str, Any]) -> Sidecar:
+    def _target_sidecar(self, kw: dict[str, Any], ds: PatchDataset) -> Sidecar:
         """The side-car of the target (its normalisation statistics): found or computed."""
         from patchsieve.filterpass import ensure_sidecar
         from patchsieve.volume import open_volume
@@ -156,22 +158,8 @@ class PatchsieveDataModule(PatchDataModule):
         if getattr(flt, "ref_channel", 0) >= int(vol.sizes.get("c", 1)):
             flt = flt.model_copy(update={"ref_channel": 0})
         return ensure_sidecar(target, flt, kw["patch_size"], storage_options=so, axes=axes,
-                              level=level, client=kw.get("client"), rank=self.train_rank,
-                              world_size=self.world)
-
-    @property
-    def train_rank(self) -> int:
-        """DDP rank (0 outside DDP)."""
-        import torch.distributed as dist
-
-        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-    @property
-    def world(self) -> int:
-        """DDP world size (1 outside DDP)."""
-        import torch.distributed as dist
-
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+                              level=level, client=kw.get("client"), rank=ds.rank,
+                              world_size=ds.world_size)
 
     def _held_out_split(self, ds: PatchDataset, kw: dict[str, Any]) -> PatchDataset | None:
         """CAREamics' validation split: ``n_val_patches`` cells out of the training data."""

@@ -74,6 +74,17 @@ class PatchsieveDataModule(PatchDataModule):
     ``setup`` runs (or reuses) the filter pass, then fills the normalisation statistics:
     ``mean_std`` from the side-car's whole-volume per-channel statistics (a target's from its
     own side-car), which CAREamics instead estimates from one epoch of patches.
+
+    Examples
+    --------
+    With CAREamics installed (``docs/careamics.md``)::
+
+        dm = PatchsieveDataModule(careamist.config.data_config, "noisy.zarr")
+        careamist.trainer.fit(careamist.model, datamodule=dm)
+
+    >>> import patchsieve.careamics as psc
+    >>> "PatchsieveDataModule" in psc.__all__
+    True
     """
 
     def __init__(self, data_config: Any, source: Any, *, patch_filter_config: Any = None,

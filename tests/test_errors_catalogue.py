@@ -1111,6 +1111,17 @@ def _(ctx: Ctx) -> None:
           dry_run=True)
 
 
+@case("careamics-not-installed")
+def _(ctx: Ctx) -> None:
+    import importlib.util
+
+    import patchsieve.careamics
+
+    if importlib.util.find_spec("careamics") is not None:  # pragma: no cover - its own venv
+        pytest.skip("CAREamics is installed here")
+    patchsieve.careamics.train(object(), str(ctx.tmp / "x.zarr"))
+
+
 # ============================================================================= the tests
 def _gap_marks(rid: str) -> list[Any]:
     if rid in GAPS:

@@ -48,9 +48,12 @@ def _numpy_stats(img, ps, border="careamics"):
 
 
 def test_stat_names():
-    assert stat_names(MaxPatchFilterConfig(threshold=1), 2) == ["max_cov0.25"]
-    assert stat_names(MaxPatchFilterConfig(threshold=1), 3) == ["max_cov0.125"]
-    assert stat_names(MaxPatchFilterConfig(threshold=1, coverage=0.3), 3) == ["max_cov0.3"]
+    # Max: the filter-map value, then CAREamics' training-path statistics (issue 18, B10)
+    assert stat_names(MaxPatchFilterConfig(threshold=1), 2) == [
+        "max_cov0.25", "max", "max_train_cov0.25"]
+    assert stat_names(MaxPatchFilterConfig(threshold=1), 3)[0] == "max_cov0.125"
+    assert stat_names(MaxPatchFilterConfig(threshold=1, coverage=0.3), 3) == [
+        "max_cov0.3", "max", "max_train_cov0.3"]
     assert stat_names(MeanStdPatchFilterConfig(mean_threshold=1), 2) == ["mean", "std"]
     assert stat_names({"name": "shannon", "threshold": 7.5}, 2) == ["entropy"]
     assert stat_names(MaskPatchFilterConfig(), 3) == ["mask_coverage"]

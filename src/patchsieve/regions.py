@@ -44,6 +44,7 @@ from patchsieve.filters.stats import (
     expand_region_values,
     keep_mask,
     max_stat_name,
+    max_train_stat_name,
     parse_stat,
     stat_values,
 )
@@ -84,16 +85,27 @@ def required_stats(config: Any, ndim: int) -> list[str]:
     Returns
     -------
     list of str
-        ``["max_cov0.25"]``, ``["mean", "std"]``, ``["entropy"]`` or ``["mask_coverage"]``.
+        ``["max_cov0.25", "max", "max_train_cov0.25"]``, ``["mean", "std"]``, ``["entropy"]``
+        or ``["mask_coverage"]``; the first is the statistic of the filter map and of
+        threshold choices.
+
+    Notes
+    -----
+    Max decisions follow CAREamics' training path (``filter_background`` ->
+    ``MaxPatchFilter.filter_out``: constant-mode maximum filter, and a region whose maximum
+    is below the threshold is dropped), hence ``"max"`` and ``"max_train_cov<c>"`` beside the
+    filter-map value ``"max_cov<c>"`` (reflect mode). All three agree for data >= 0 (quirk
+    B10).
 
     Examples
     --------
     >>> required_stats(MaxPatchFilterConfig(threshold=1.0), 3)
-    ['max_cov0.125']
+    ['max_cov0.125', 'max', 'max_train_cov0.125']
     """
     cfg = parse_filter_config(config)
     if isinstance(cfg, MaxPatchFilterConfig):
-        return [max_stat_name(resolve_coverage(cfg.coverage, ndim))]
+        cov = resolve_coverage(cfg.coverage, ndim)
+        return [max_stat_name(cov), "max", max_train_stat_name(cov)]
     elif isinstance(cfg, MeanStdPatchFilterConfig):
         return ["mean", "std"]
     elif isinstance(cfg, ShannonPatchFilterConfig):
@@ -513,9 +525,15 @@ def filter_out_from_stats(
     """Per-region ``filter_out`` decisions (True = background) from region statistics.
 
     With ``ties="careamics"`` the result equals CAREamics' ``filter_out`` on each region:
-    Max drops when ``value <= threshold`` (for non-negative data), MeanStd, Shannon and
-    Mask drop when ``value < threshold`` (they keep at equality, quirk B3). ``"keep"``
-    keeps every filter at equality, ``"drop"`` drops at equality.
+    Max drops when ``value <= threshold``, MeanStd, Shannon and Mask drop when
+    ``value < threshold`` (they keep at equality, quirk B3). ``"keep"`` keeps every filter
+    at equality, ``"drop"`` drops at equality.
+
+    Max follows CAREamics' training path when ``stats`` hold its statistics (``"max"`` and
+    ``"max_train_cov<c>"``, see :func:`required_stats`): kept iff the constant-mode value
+    exceeds the threshold and the region maximum is not below it. Without them it applies
+    the filter-map value ``"max_cov<c>"``, which gives the same decisions for data >= 0
+    (quirk B10; side-cars written before these statistics existed).
 
     Parameters
     ----------
@@ -535,7 +553,12 @@ def filter_out_from_stats(
     ties = check_ties(ties)
     if isinstance(cfg, MaxPatchFilterConfig):
         name = _max_name(cfg, stats, ndim)
-        keep = keep_mask(stat_values(stats, name), cfg.threshold, ties, strict_default=True)
+        train = "max_train_cov" + name[len("max_cov"):]
+        if train in stats and "max" in stats:
+            keep = keep_mask(stat_values(stats, train), cfg.threshold, ties, strict_default=True)
+            keep &= keep_mask(stat_values(stats, "max"), cfg.threshold, ties, strict_default=False)
+        else:
+            keep = keep_mask(stat_values(stats, name), cfg.threshold, ties, strict_default=True)
     elif isinstance(cfg, MeanStdPatchFilterConfig):
         keep = keep_mask(stat_values(stats, "mean"), cfg.mean_threshold, ties,
                          strict_default=False)

@@ -431,7 +431,8 @@ class PatchDataset(IterableDataset):
             part = todo[b0:b1]
             meta = {
                 "sample": part["sample"].astype(np.int64),
-                "origin": np.ascontiguousarray(part["origin"], dtype=np.int64),
+                # a copy: a one-row field view passes as contiguous with the record stride
+                "origin": np.array(part["origin"], dtype=np.int64, copy=True),
                 "region": part["region"].astype(np.int64),
                 "weight": part["weight"].astype(np.float64),
                 "is_background": part["background"].astype(bool),

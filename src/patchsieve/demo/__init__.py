@@ -36,6 +36,7 @@ from patchsieve.demo._fields import (
     BlobField,
     blob_chunk,
     hagen_signal,
+    poisson_blobs,
     reference_slices,
     two_channel_volume,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "blob_chunk",
     "describe_procedural",
     "hagen_signal",
+    "poisson_blobs",
     "procedural_url",
     "reference_slices",
     "served_chunks",

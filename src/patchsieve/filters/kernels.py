@@ -31,6 +31,7 @@ from patchsieve.filters._kernels import (
     region_mean_std,
     valid_counts,
 )
+from patchsieve.filters._max_train import region_max_coverage_constant
 
 __all__ = [
     "CELL_STATS",
@@ -47,6 +48,7 @@ __all__ = [
     "region_entropy",
     "region_max",
     "region_max_coverage",
+    "region_max_coverage_constant",
     "region_mean_std",
     "regions_from_cells",
     "valid_counts",

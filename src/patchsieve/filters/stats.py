@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from patchsieve.errors import ConfigError, DataError, PatchsieveWarning
 from patchsieve.filters import _kernels as K
+from patchsieve.filters._max_train import region_max_coverage_constant
 from patchsieve.grid import BORDERS, Border, RegionGrid, check_border  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
@@ -154,19 +155,26 @@ def max_stat_name(coverage: float) -> str:
     return f"max_cov{float(coverage)!r}"
 
 
+def max_train_stat_name(coverage: float) -> str:
+    """Stat name of CAREamics' training-path Max value at a coverage: ``"max_train_cov0.25"``
+    (``MaxPatchFilter.filter_out``'s constant-mode filter; quirk B10)."""
+    return f"max_train_cov{float(coverage)!r}"
+
+
 def parse_stat(name: str) -> tuple[str, float | None]:
     """Split a stat name into (kind, coverage)."""
-    if name.startswith("max_cov"):
-        try:
-            cov = float(name[len("max_cov"):])
-        except ValueError as err:
-            raise ConfigError(f"bad stat name {name!r}; expected e.g. 'max_cov0.25'.") from err
-        return "max_cov", check_coverage(cov)
+    for kind in ("max_train_cov", "max_cov"):  # the longer prefix first
+        if name.startswith(kind):
+            try:
+                cov = float(name[len(kind):])
+            except ValueError as err:
+                raise ConfigError(f"bad stat name {name!r}; expected e.g. '{kind}0.25'.") from err
+            return kind, check_coverage(cov)
     if name in ("mean", "std", "entropy", "mask_coverage", "max"):
         return name, None
     raise ConfigError(
-        f"unknown stat {name!r}; expected 'max_cov<coverage>', 'mean', 'std', 'entropy', "
-        "'mask_coverage' or 'max'."
+        f"unknown stat {name!r}; expected 'max_cov<coverage>', 'max_train_cov<coverage>', "
+        "'mean', 'std', 'entropy', 'mask_coverage' or 'max'."
     )
 
 
@@ -179,7 +187,8 @@ def compute_stats(
 ) -> dict[str, NDArray[np.float64]]:
     """Compute the named region statistics of a slab (see :mod:`patchsieve.filters.kernels`)."""
     out: dict[str, NDArray[np.float64]] = {}
-    parsed = [(s, *parse_stat(s)) for s in stats]
+    # reflect-mode Max values first: the training-path ones reuse them
+    parsed = sorted(((s, *parse_stat(s)) for s in stats), key=lambda t: t[1] == "max_train_cov")
     for name, kind, cov in parsed:
         if name in out:
             continue
@@ -199,6 +208,10 @@ def compute_stats(
             out[name] = K.region_count_nonzero(slab, patch_size, n, border)
         elif kind == "max":
             out[name] = K.region_max(slab, patch_size, n)
+        elif kind == "max_train_cov":
+            assert cov is not None
+            reflect = out.get(max_stat_name(cov))  # computed first when both are asked for
+            out[name] = region_max_coverage_constant(slab, patch_size, n, cov, border, reflect)
         else:  # pragma: no cover - parse_stat already rejects
             raise ConfigError(f"unknown stat {name!r}")
     return out

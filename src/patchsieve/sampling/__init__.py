@@ -134,10 +134,12 @@ from patchsieve.sampling._stratified import (
     plan_dtype,
     region_areas,
 )
+from patchsieve.sampling._planned import PlannedPatching
 from patchsieve.sampling._streamed import StreamingPatching
 
 __all__ = [
     "MODES",
+    "PlannedPatching",
     "SamplingMode",
     "ShardStream",
     "StratifiedPatching",

@@ -445,3 +445,25 @@ def test_resume_keeps_arrays_written_with_other_chunks(tmp_path, client, stack):
     g = zarr.open_group(str(out), mode="r")
     np.testing.assert_array_equal(np.asarray(g["stats/entropy"][...]), want)
     assert g["stats/entropy"].chunks == (1, 2, 2)
+
+
+@pytest.mark.parametrize("c_chunk", [1, 2])
+def test_percentiles_per_channel_of_channel_chunked_sources(tmp_path, client, c_chunk):
+    """A source chunked one channel per chunk gets one percentile per channel, as one whose
+    chunks hold every channel (the picks are blocks over all channels)."""
+    from patchsieve import compute, open_sidecar
+    from patchsieve.config import MeanStdPatchFilterConfig
+
+    rng = np.random.default_rng(0)
+    a = np.stack([rng.integers(0, 100, (64, 128)),
+                  rng.integers(1000, 2000, (64, 128))]).astype("u2")
+    z = zarr.create_array(str(tmp_path / "v.zarr"), shape=a.shape, chunks=(c_chunk, 32, 64),
+                          dtype="u2")
+    z[...] = a
+    out = str(tmp_path / "o.zarr")
+    compute(str(tmp_path / "v.zarr"), MeanStdPatchFilterConfig(mean_threshold=10), (16, 16),
+            out, axes="cyx", client=client)
+    pct = open_sidecar(out).attrs["percentiles"]
+    assert len(pct["p0.1"]) == len(pct["p99.9"]) == 2
+    assert 0 <= pct["p0.1"][0] <= pct["p99.9"][0] <= 99
+    assert 1000 <= pct["p0.1"][1] <= pct["p99.9"][1] <= 1999

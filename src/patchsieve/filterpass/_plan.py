@@ -289,6 +289,9 @@ class BlockPlan:
 
     # ---- percentiles
     def _percentile_picks(self, numblocks: Sequence[int], seed: int) -> None:
+        # a pick is a block: one chunk position over every channel (channel-chunked sources
+        # included), so each pick samples every channel
+        numblocks = [1 if a == self.c_axis else int(n) for a, n in enumerate(numblocks)]
         total = int(np.prod(numblocks, dtype=np.int64))
         rng = np.random.default_rng(seed)
         k = min(PERCENTILE_CHUNKS, total)
@@ -296,8 +299,9 @@ class BlockPlan:
         self.pct_blocks = [tuple(int(i) for i in np.unravel_index(f, tuple(numblocks)))
                            for f in self.pct_picks]
         #: the chunk of each pick (canonical dims incl. c) and the picks of each block
-        self.pct_regions = [tuple(slice(i * c, min((i + 1) * c, n))
-                                  for i, c, n in zip(idx, self.chunks, self.shape))
+        self.pct_regions = [tuple(slice(0, n) if a == self.c_axis
+                                  else slice(i * c, min((i + 1) * c, n))
+                                  for a, (i, c, n) in enumerate(zip(idx, self.chunks, self.shape)))
                             for idx in self.pct_blocks]
         self.pct_by_block: dict[tuple[int, ...], list[int]] = {}
         for j, idx in enumerate(self.pct_blocks):

@@ -323,9 +323,13 @@ def test_block_log_writes_values_before_markers(tmp_path: Path) -> None:
     log = BlockLog({"v": values}, marker, SidecarLock(g.store))
     assert log.todo() == [(0, 0), (0, 1), (1, 0), (1, 1)]
     log.put((1, 0), block_slices((1, 0), (2, 3), (4, 6)), {"v": np.ones((2, 3))})
-    assert int(np.asarray(marker[...]).sum()) == 0  # buffered, nothing marked yet
-    log.flush()
+    # the first block is flushed at once (a rerun sees progress early): values, then marker
     assert np.asarray(marker[...]).tolist() == [[0, 0], [1, 0]]
     assert np.all(np.asarray(values[2:4, 0:3]) == 1) and np.isnan(np.asarray(values[0, 0]))
-    assert BlockLog({"v": values}, marker, SidecarLock(g.store)).todo() == [(0, 0), (0, 1), (1, 1)]
+    log.put((0, 1), block_slices((0, 1), (2, 3), (4, 6)), {"v": np.full((2, 3), 2.0)})
+    assert np.asarray(marker[...]).tolist() == [[0, 0], [1, 0]]  # buffered, not marked yet
+    log.flush()
+    assert np.asarray(marker[...]).tolist() == [[0, 1], [1, 0]]
+    assert np.all(np.asarray(values[0:2, 3:6]) == 2)
+    assert BlockLog({"v": values}, marker, SidecarLock(g.store)).todo() == [(0, 0), (1, 1)]
 

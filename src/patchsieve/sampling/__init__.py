@@ -125,6 +125,7 @@ from patchsieve.sampling._order import (
     worker_positions_from_batches,
     zorder_chunk_ids,
 )
+from patchsieve.sampling._planned import PlannedPatching
 from patchsieve.sampling._stratified import (
     MODES,
     SamplingMode,
@@ -134,7 +135,6 @@ from patchsieve.sampling._stratified import (
     plan_dtype,
     region_areas,
 )
-from patchsieve.sampling._planned import PlannedPatching
 from patchsieve.sampling._streamed import StreamingPatching
 
 __all__ = [

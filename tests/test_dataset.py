@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from patchsieve.dataset import PatchDataset, PatchLoader
 from patchsieve.demo import write_ome_zarr
 from patchsieve.errors import ConfigError, SidecarIncompleteError, SidecarMismatchError
 from patchsieve.sampling import shard_positions
+from patchsieve.sidecar import open_sidecar
 from patchsieve.transforms import RandomFlipRotate
 
 # the side-cars are computed with an in-process LocalCluster
@@ -422,3 +425,30 @@ def test_other_sampling_modes(syx, mode):
     assert len(got) == len(ds) == (50 if mode == "with_replacement" else ds.sampler.epoch_length)
     for x, meta in got[:10]:
         np.testing.assert_array_equal(x.numpy(), _expected_2d(data, meta))
+
+
+def test_relative_source_found_beside_the_sidecar_from_another_directory(
+        tmp_path, client, monkeypatch):
+    """A side-car computed with a relative source path records it as given; from another
+    working directory ``Sidecar.locate_source`` finds it beside the side-car and PatchDataset
+    reads it without ``source``."""
+    import shutil
+
+    work = tmp_path / "project"
+    work.mkdir()
+    data = _image((2, 96, 96), 3)
+    write_ome_zarr(work / "img.ome.zarr", data, "SYX", chunks=(1, 48, 48))
+    monkeypatch.chdir(work)
+    compute("img.ome.zarr", [CFG], (32, 32), "img.patchsieve.zarr", client=client)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    sc = open_sidecar(str(work / "img.patchsieve.zarr"))
+    assert sc.source == "img.ome.zarr"
+    assert os.path.samefile(sc.locate_source(), work / "img.ome.zarr")
+    ds = PatchDataset(sidecar=str(work / "img.patchsieve.zarr"), seed=0)
+    x = next(iter(ds))
+    assert np.asarray(x).shape[-2:] == (32, 32)
+    # data moved away: the recorded location is returned unchanged (the open error names it)
+    shutil.rmtree(work / "img.ome.zarr")
+    assert sc.locate_source() == "img.ome.zarr"

@@ -213,7 +213,7 @@ def plot_filter_maps(
     if sc is None and isinstance(source, (str, os.PathLike)) and is_sidecar(source, storage_options):
         sc = _as_sidecar(source, storage_options)
     if sc is not None:
-        vol = open_volume(sc.source, level=sc.level, storage_options=storage_options)
+        vol = open_volume(sc.locate_source(), level=sc.level, storage_options=storage_options)
         ref = sc.ref_channel
     else:
         vol = open_volume(source, axes=axes, level=level, storage_options=storage_options)

@@ -104,7 +104,7 @@ def level0_geometry(sidecar: Any, *, storage_options: Mapping[str, Any] | None =
 
     sc = _as_sidecar(sidecar, storage_options)
     g = sc.geometry
-    vol0 = open_volume(sc.source, level=0, storage_options=storage_options)
+    vol0 = open_volume(sc.locate_source(), level=0, storage_options=storage_options)
     patch, shape, scale, trans = [], [], [], []
     for i, d in enumerate(g.spatial_dims):
         shape.append(int(vol0.sizes[d]))

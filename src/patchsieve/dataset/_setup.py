@@ -167,7 +167,7 @@ def norm_stats(sc: Sidecar, channels: Sequence[int],
 
 def source_reader(sc: Sidecar, opts: SourceOptions, cache_bytes: int) -> _ChunkReader:
     """The reader of the input volume (the side-car's source, or another copy of it)."""
-    src = sc.source if opts.source is None else opts.source
+    src = sc.locate_source() if opts.source is None else opts.source
     shape = dict(sc.shape)
     array_path = sc.array_path
     if isinstance(src, (str, os.PathLike)) and not same_location(src, sc.source):

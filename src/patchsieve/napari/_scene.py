@@ -18,7 +18,6 @@ import numpy as np
 from patchsieve.errors import AxesError, SidecarMismatchError, VolumeError, VolumeNotFoundError
 from patchsieve.napari._pyramid import DecisionLabels
 from patchsieve.sidecar import Sidecar, cover_cells, open_sidecar, source_fingerprint
-from patchsieve.volume import is_remote, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +94,7 @@ class SidecarScene:
                 "no source to show. Fix: write the data to OME-Zarr/Zarr/TIFF, compute the "
                 "side-car from that file, or give the source's location (source= / the "
                 "widget's source field).")
-        if source is not None or is_remote(url) or os.path.isabs(local_path(url)):
-            return url
-        candidates = [url]
-        if not is_remote(self.path):
-            here = os.path.dirname(os.path.abspath(local_path(self.path)))
-            candidates += [os.path.join(here, url), os.path.join(here, os.path.basename(url))]
-        for cand in candidates:
-            if os.path.exists(local_path(cand)):
-                return cand
-        return url
+        return url if source is not None else sc.locate_source()
 
     def _open_source(self) -> list[Any]:
         from patchsieve.volume import open_pyramid

@@ -27,7 +27,7 @@ from patchsieve.sidecar._format import (
     decision_key,
     stats_key,
 )
-from patchsieve.volume import open_store, safe_message
+from patchsieve.volume import is_remote, local_path, open_store, safe_message
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,26 @@ class Sidecar:
     # ---- geometry
     @property
     def source(self) -> str:
+        """The source's location as recorded by the filter pass (see :meth:`locate_source`)."""
         return str(self.attrs["source"]["url"])
+
+    def locate_source(self) -> str:
+        """The source's location now: :attr:`source`, or, when that is a relative local path
+        that does not exist from the current directory, the same path (or its last component)
+        beside the side-car, if it exists there; otherwise :attr:`source` unchanged.
+
+        A side-car records the source as it was given, so a side-car computed with a relative
+        path is still found from another working directory when data and side-car sit together.
+        """
+        url = self.source
+        if url.startswith("<") or is_remote(url) or os.path.isabs(local_path(url)) \
+                or os.path.exists(local_path(url)) or is_remote(self.path):
+            return url
+        here = os.path.dirname(os.path.abspath(local_path(self.path)))
+        for cand in (os.path.join(here, url), os.path.join(here, os.path.basename(url))):
+            if os.path.exists(cand):
+                return cand
+        return url
 
     @property
     def array_path(self) -> str:

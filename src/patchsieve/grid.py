@@ -383,6 +383,27 @@ class RegionGrid:
             )
 
 
+
+def chunk_pieces(region: Sequence[slice], chunks: Sequence[int]
+                 ) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
+    """The chunks of a regular chunk grid that a box ``region`` (slices with start and stop)
+    touches: ``(chunk index, slices inside the chunk, slices inside the region)``, C order.
+
+    Examples
+    --------
+    >>> [(i, a, b) for i, a, b in chunk_pieces((slice(3, 6),), (4,))]
+    [((0,), (slice(3, 4, None),), (slice(0, 1, None),)), ((1,), (slice(0, 2, None),), (slice(1, 3, None),))]
+    """
+    ranges = [range(int(s.start) // c, max(int(s.start) // c, (int(s.stop) - 1) // c) + 1)
+              for s, c in zip(region, chunks)]
+    for cidx in itertools.product(*ranges):
+        in_chunk, in_region = [], []
+        for s, i, c in zip(region, cidx, chunks):
+            lo, hi = max(int(s.start), i * c), min(int(s.stop), (i + 1) * c)
+            in_chunk.append(slice(lo - i * c, hi - i * c))
+            in_region.append(slice(lo - int(s.start), hi - int(s.start)))
+        yield cidx, tuple(in_chunk), tuple(in_region)
+
 def region_chunks(pixel_chunks: Sequence[int], patch: int, n_regions: int) -> tuple[int, ...]:
     """Chunk the regions of one axis so that each block starts in one storage chunk.
 

@@ -25,6 +25,7 @@ from patchsieve.filters.kernels import (
     jit_available,
 )
 from patchsieve.filters.stats import check_mask_values
+from patchsieve.grid import chunk_pieces
 from patchsieve.regions import region_block_stats
 from patchsieve.volume import ChunkReader
 
@@ -124,15 +125,8 @@ def read_region(source: Any, region: Sequence[slice], cache: _ChunkCache | None)
                            for sl, i, c in zip(region, idx, source.chunks))]
     shape = tuple(int(sl.stop - sl.start) for sl in region)
     out = _buffer(shape, np.dtype(source.dtype))
-    for idx in np.ndindex(*(len(r) for r in ranges)):
-        cidx = tuple(r[i] for r, i in zip(ranges, idx))
-        chunk = cache.get(source, cidx)
-        src, dst = [], []
-        for sl, i, c in zip(region, cidx, source.chunks):
-            lo, hi = max(sl.start, i * c), min(sl.stop, (i + 1) * c)
-            src.append(slice(lo - i * c, hi - i * c))
-            dst.append(slice(lo - sl.start, hi - sl.start))
-        out[tuple(dst)] = chunk[tuple(src)]
+    for cidx, in_chunk, in_region in chunk_pieces(region, source.chunks):
+        out[in_region] = cache.get(source, cidx)[in_chunk]
     return out
 
 

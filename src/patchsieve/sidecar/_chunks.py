@@ -44,12 +44,16 @@ def iter_chunks(arr: Any, lead: int = 0) -> Iterator[tuple[tuple[slice, ...], np
     [(2, 2), (1, 2)]
     """
     for box in chunk_boxes(arr, lead):
-        sel = (*(slice(None),) * lead, *box)
-        try:
-            values = np.asarray(arr[sel])
-        except Exception as err:  # noqa: BLE001 - codec / storage errors of a damaged side-car
-            raise SidecarError(
-                f"side-car array {arr.path!r} cannot be read at {box} ({type(err).__name__}: "
-                f"{safe_message(err)}). Fix: recompute it with `patchsieve compute ... "
-                "--overwrite`.") from err
-        yield box, values
+        yield box, read_stored(arr, (*(slice(None),) * lead, *box),
+                               f"side-car array {arr.path!r} at {box}")
+
+
+def read_stored(arr: zarr.Array, sel: Any, what: str) -> np.ndarray:
+    """``arr[sel]`` as numpy; a codec or storage error (a damaged side-car) becomes one
+    :class:`SidecarError` naming ``what`` and the fix."""
+    try:
+        return np.asarray(arr[sel])
+    except Exception as err:  # noqa: BLE001 - codec / storage errors of a damaged side-car
+        raise SidecarError(
+            f"{what} cannot be read ({type(err).__name__}: {safe_message(err)}). Fix: "
+            "recompute it with `patchsieve compute ... --overwrite`.") from err

@@ -19,6 +19,7 @@ from patchsieve.errors import (
     SidecarMismatchError,
 )
 from patchsieve.grid import VolumeGeometry
+from patchsieve.sidecar._chunks import read_stored
 from patchsieve.sidecar._format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -306,13 +307,8 @@ class Sidecar:
         index = np.unravel_index(int(sample), self.sample_shape) if self.sample_shape else ()
         sel = (*[int(i) for i in index],
                *[slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)])
-        try:
-            block = np.asarray(arr[sel])
-        except Exception as err:  # noqa: BLE001 - codec / storage errors of a damaged side-car
-            raise SidecarError(
-                f"side-car {self.path!r}: array {decision_key(name, what)!r} cannot be read "
-                f"({type(err).__name__}: {safe_message(err)}). Fix: recompute it with "
-                "`patchsieve compute ... --overwrite`.") from err
+        block = read_stored(arr, sel, f"side-car {self.path!r}: array "
+                                      f"{decision_key(name, what)!r}")
         return block.astype(bool) if what == "filter_out" else block.astype(np.float64)
 
     def sample_totals(self, name: str) -> dict[str, np.ndarray]:

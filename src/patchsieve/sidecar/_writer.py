@@ -10,7 +10,6 @@ saying that the side-car is incomplete and how to resume.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import time
@@ -23,7 +22,7 @@ import zarr
 
 from patchsieve._version import __version__
 from patchsieve.errors import PatchsieveError, SidecarMismatchError, StorageError
-from patchsieve.grid import VolumeGeometry
+from patchsieve.grid import VolumeGeometry, chunk_pieces
 from patchsieve.sidecar._decisions import update_decisions
 from patchsieve.sidecar._format import (
     BLOCK_GRID,
@@ -360,16 +359,8 @@ class BlockLog:
             p = self.prefix[k]
             full = (*(slice(0, n) for n in arr.shape[:p]), *sl)
             v = np.asarray(v)
-            ranges = [range(s.start // c, max(s.start // c, (s.stop - 1) // c) + 1)
-                      for s, c in zip(full, arr.chunks)]
-            for cidx in itertools.product(*ranges):
-                buf = self._chunk(k, cidx)
-                dst, src = [], []
-                for s, i, c in zip(full, cidx, arr.chunks):
-                    lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
-                    dst.append(slice(lo - i * c, hi - i * c))
-                    src.append(slice(lo - s.start, hi - s.start))
-                buf[tuple(dst)] = v[tuple(src)]
+            for cidx, in_chunk, in_block in chunk_pieces(full, arr.chunks):
+                self._chunk(k, cidx)[in_chunk] = v[in_block]
                 self.dirty.add((k, cidx))
         self.pending.append(idx)
         if (len(self.pending) >= FLUSH_EVERY_BLOCKS or not self.flushes
